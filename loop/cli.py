@@ -1,0 +1,48 @@
+"""`distillery` entry point: builds the root Typer app from the command modules
+and maps our error hierarchy onto exit codes (0 ok, 2 bad input, 1 failure)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import click
+import typer
+
+from . import cli_prompts, cli_run, cli_store
+from .errors import DistilleryError
+
+app = typer.Typer(
+    name="distillery",
+    help="Agentic teacher-student distillation loop, versioned in SQLite.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+for _module in (cli_store, cli_prompts, cli_run):
+    _module.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="distillery")
+    except click.exceptions.Abort:
+        sys.stderr.write("Aborted.\n")
+        return 1
+    except click.exceptions.ClickException as e:  # usage errors from click itself
+        e.show()
+        return 2
+    except DistilleryError as e:
+        sys.stderr.write(f"Error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("Interrupted.\n")
+        return 130
+    code = rv if isinstance(rv, int) else 0
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The workspace configuration (distillery.toml): one pydantic model composed
+of the student's and teachers' settings plus the loop's own.
+
+`load_config` turns every problem into a ConfigError naming the file, the key,
+its line and the allowed values (see loop/errors.py)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from student.config import GenerationConfig, LoraConfig, LossConfig, ModelConfig, TrainConfig
+from teachers.config import TeacherConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskConfig(_Strict):
+    # "arithmetic": the built-in generated multi-step word problems (exact answers);
+    # "jsonl": whatever `distillery data add` imported.
+    kind: Literal["arithmetic", "jsonl"] = "arithmetic"
+    answer_format: Literal["number", "choice", "text"] = "number"
+    pool_size: int = Field(64, ge=1)  # generated task only
+    dev_size: int = Field(32, ge=1)  # generated task only
+    difficulty: int = Field(2, ge=1, le=6)  # generated task: operations per problem
+    seed: int = 0
+
+
+class LoopConfig(_Strict):
+    max_iterations: int = Field(3, ge=0)
+    patience: int = Field(2, ge=1)  # iterations without dev gain before stopping
+    combine: Literal["replace", "accumulate"] = "replace"
+    max_refinements_per_iteration: int | None = Field(None, ge=1)
+    privileged_gold: bool = True  # show the gold answer to the refine template
+    budget_usd: float | None = Field(None, ge=0)
+    mine_limit: int | None = Field(None, ge=1)  # only mine this many pool questions per iteration
+    eval_pool: bool = True  # also score the pool at `evaluate`
+
+
+class Config(_Strict):
+    preset: Literal["demo", "tiny", "custom"] = "custom"
+    run_name: str = "main"
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    student: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    teachers: list[TeacherConfig] = Field(default_factory=lambda: [TeacherConfig(name="self", model="self")])
+    loop: LoopConfig = Field(default_factory=LoopConfig)

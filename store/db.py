@@ -1,0 +1,102 @@
+"""Opening the workspace database: WAL, migrations, content-addressed text.
+
+`Store` is the one handle the rest of the code uses.  Domain APIs (examples,
+predictions, rationales, datasets, views) live in sibling modules and are
+attached as methods of `Store` or take a `Store` as their first argument.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import sqlite_utils
+
+from .schema import apply_migrations
+
+DB_NAME = "distillery.db"
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Store:
+    """A workspace database.  Safe to open from several processes at once:
+    WAL lets readers proceed while one writer commits, and every multi-row
+    change happens inside `transaction()` so readers never see half of it."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        conn = sqlite3.connect(
+            str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._lock = threading.RLock()
+        self._depth = 0
+        if not readonly:
+            apply_migrations(conn)
+
+    @classmethod
+    def open(cls, workspace_or_file: str | Path, **kw) -> "Store":
+        p = Path(workspace_or_file)
+        if p.is_dir():
+            p = p / DB_NAME
+        return cls(p, **kw)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (re-entrant: nested calls join the outer one)."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self.conn
+                finally:
+                    self._depth -= 1
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self.conn
+            except BaseException:
+                self._depth = 0
+                self.conn.execute("ROLLBACK")
+                raise
+            self._depth = 0
+            self.conn.execute("COMMIT")
+
+    # -- content-addressed text ------------------------------------------
+    def put_text(self, body: str) -> str:
+        h = sha256_text(body)
+        self.conn.execute("INSERT OR IGNORE INTO texts (hash, body) VALUES (?, ?)", (h, body))
+        return h
+
+    def get_text(self, h: str | None) -> str | None:
+        if h is None:
+            return None
+        row = self.conn.execute("SELECT body FROM texts WHERE hash = ?", (h,)).fetchone()
+        return row[0] if row else None

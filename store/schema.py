@@ -1,0 +1,226 @@
+"""Named, append-only migrations for the workspace database.
+
+Rules (as in simonw/llm): a migration is never edited once it has shipped; a
+schema change is a new function appended to MIGRATIONS.  `apply_migrations`
+runs every migration not yet recorded in `_migrations`, all inside one
+transaction, so a database is either fully at the new schema or untouched.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_initial(conn: sqlite3.Connection) -> None:
+    conn.executescript(
+        """
+        -- Content-addressed text: every rationale, model output and prompt body
+        -- is stored once, keyed by sha256 hex of its UTF-8 bytes.
+        CREATE TABLE texts (
+            hash TEXT PRIMARY KEY,
+            body TEXT NOT NULL
+        );
+
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            parent_run INTEGER REFERENCES runs(id),
+            parent_k INTEGER,
+            config_json TEXT NOT NULL,
+            config_hash TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'created',
+            created TEXT NOT NULL
+        );
+
+        CREATE TABLE examples (
+            id TEXT PRIMARY KEY,               -- hash(question, answer)
+            split TEXT NOT NULL CHECK (split IN ('pool', 'dev')),
+            question TEXT NOT NULL,
+            answer TEXT,                       -- gold final answer, NULL when unknown
+            rationale_hash TEXT REFERENCES texts(hash),  -- gold rationale, optional
+            meta TEXT,                         -- JSON
+            created TEXT NOT NULL
+        );
+        CREATE INDEX examples_split ON examples(split, created);
+
+        CREATE TABLE prompt_versions (
+            id TEXT PRIMARY KEY,               -- sha256 of the YAML body
+            name TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created TEXT NOT NULL
+        );
+        CREATE INDEX prompt_versions_name ON prompt_versions(name, created);
+
+        CREATE TABLE iterations (
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            k INTEGER NOT NULL,
+            status TEXT NOT NULL DEFAULT 'running',   -- running | done
+            started TEXT NOT NULL,
+            finished TEXT,
+            adapter_path TEXT,
+            adapter_sha256 TEXT,
+            metrics TEXT,                      -- JSON
+            stop_reason TEXT,
+            PRIMARY KEY (run_id, k)
+        );
+
+        CREATE TABLE iteration_steps (
+            run_id INTEGER NOT NULL,
+            k INTEGER NOT NULL,
+            step TEXT NOT NULL,                -- baseline | mine | teach | agree | version | train | evaluate | commit
+            status TEXT NOT NULL,              -- started | done
+            started TEXT NOT NULL,
+            finished TEXT,
+            info TEXT,                         -- JSON: counts, timings
+            PRIMARY KEY (run_id, k, step),
+            FOREIGN KEY (run_id, k) REFERENCES iterations(run_id, k)
+        );
+
+        CREATE TABLE predictions (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            k INTEGER NOT NULL,
+            phase TEXT NOT NULL,               -- mine | eval
+            example_id TEXT NOT NULL REFERENCES examples(id),
+            sample INTEGER NOT NULL,           -- 0 = greedy, 1.. = sampled
+            output_hash TEXT NOT NULL REFERENCES texts(hash),
+            answer TEXT,                       -- extracted answer, NULL if none
+            correct INTEGER,                   -- 1/0, NULL without gold
+            UNIQUE (run_id, k, phase, example_id, sample)
+        );
+        CREATE INDEX predictions_example ON predictions(example_id, run_id, k);
+
+        CREATE TABLE teacher_calls (
+            key TEXT PRIMARY KEY,              -- sha256 cache key (DESIGN §4)
+            teacher TEXT NOT NULL,             -- configured teacher name
+            model TEXT NOT NULL,               -- LiteLLM model string
+            template TEXT,                     -- template name
+            prompt_version TEXT REFERENCES prompt_versions(id),
+            request TEXT NOT NULL,             -- JSON: messages + params, never API keys
+            response TEXT,                     -- JSON of the provider response
+            response_hash TEXT REFERENCES texts(hash),  -- the completion text
+            status TEXT NOT NULL,              -- ok | error
+            error_type TEXT,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 1,
+            latency_s REAL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            cost_usd REAL NOT NULL DEFAULT 0,
+            run_id INTEGER,
+            k INTEGER,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL
+        );
+        CREATE INDEX teacher_calls_run ON teacher_calls(run_id, k);
+
+        CREATE TABLE rationales (
+            id TEXT PRIMARY KEY,               -- hash(example_id, text)
+            example_id TEXT NOT NULL REFERENCES examples(id),
+            text_hash TEXT NOT NULL REFERENCES texts(hash),
+            answer TEXT,                       -- extracted final answer
+            source TEXT NOT NULL,              -- teacher name | self | gold
+            teacher_call TEXT REFERENCES teacher_calls(key),
+            parent_id TEXT REFERENCES rationales(id),     -- the demonstration it refines
+            error_prediction INTEGER REFERENCES predictions(id),  -- the wrong answer it answers
+            accepted INTEGER,                  -- 1/0, NULL before `agree`
+            agreement REAL,
+            run_id INTEGER,
+            k INTEGER,
+            created TEXT NOT NULL
+        );
+        CREATE INDEX rationales_example ON rationales(example_id);
+
+        -- Dataset versions are stored as deltas: the rows at (run, k, example)
+        -- replace that example's demonstrations from version k on.  A row with
+        -- rationale_id NULL removes the example.  Version k of a run is, per
+        -- example, the rows at the largest k' <= k (following parent runs for
+        -- replays).  Growth per iteration is proportional to what changed.
+        CREATE TABLE dataset_entries (
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            k INTEGER NOT NULL,
+            example_id TEXT NOT NULL REFERENCES examples(id),
+            rationale_id TEXT REFERENCES rationales(id),
+            weight REAL NOT NULL DEFAULT 1.0
+        );
+        CREATE INDEX dataset_entries_lookup ON dataset_entries(run_id, example_id, k);
+        CREATE INDEX dataset_entries_k ON dataset_entries(run_id, k);
+
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER,
+            k INTEGER,
+            step TEXT,
+            kind TEXT NOT NULL,                -- started | finished | error | stop | info | ...
+            message TEXT,
+            data TEXT,                         -- JSON
+            created TEXT NOT NULL
+        );
+        CREATE INDEX events_run ON events(run_id, id);
+        """
+    )
+
+
+def apply_migrations(conn: sqlite3.Connection) -> list[str]:
+    """Apply pending migrations in one transaction; return the names applied."""
+    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)")
+    done = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
+    pending = [(n, fn) for n, fn in MIGRATIONS if n not in done]
+    if not pending:
+        return []
+    # executescript() commits implicitly, so run statements through a savepoint-free
+    # explicit transaction: BEGIN IMMEDIATE takes the write lock up front.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for name, fn in pending:
+            for stmt in _split_script(fn):
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT INTO _migrations (name, applied) VALUES (?, datetime('now'))", (name,)
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return [n for n, _ in pending]
+
+
+class _Recorder:
+    """Captures the script a migration would run so it can be executed statement
+    by statement inside our own transaction (executescript would commit)."""
+
+    def __init__(self) -> None:
+        self.scripts: list[str] = []
+
+    def executescript(self, script: str) -> None:
+        self.scripts.append(script)
+
+    def execute(self, sql: str, params=()) -> None:  # pragma: no cover - unused so far
+        self.scripts.append(sql)
+
+
+def _split_script(fn: Migration) -> list[str]:
+    rec = _Recorder()
+    fn(rec)  # type: ignore[arg-type]
+    stmts: list[str] = []
+    for script in rec.scripts:
+        buf = ""
+        for line in script.splitlines(keepends=True):
+            buf += line
+            if sqlite3.complete_statement(buf):
+                if buf.strip():
+                    stmts.append(buf.strip())
+                buf = ""
+        if buf.strip():
+            stmts.append(buf.strip())
+    return stmts
