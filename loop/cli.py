@@ -12,6 +12,8 @@ import click
 import typer
 
 from . import cli_prompts, cli_run, cli_store
+from store.errors import StoreError
+
 from .errors import DistilleryError
 
 app = typer.Typer(
@@ -28,11 +30,19 @@ for _module in (cli_store, cli_prompts, cli_run):
 def main(argv: list[str] | None = None) -> int:
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="distillery")
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         sys.stderr.write("Aborted.\n")
         return 1
-    except click.exceptions.ClickException as e:  # usage errors from click itself
+    except typer.Exit as e:
+        return e.exit_code
+    except (click.exceptions.ClickException, typer.TyperException) as e:
+        # usage errors: Typer >= 0.29 raises them from its vendored click, whose
+        # classes are not click's, so both families are caught here.
         e.show()
+        return getattr(e, "exit_code", 2) or 2
+    except StoreError as e:
+        # a run/iteration/example that does not exist, an ambiguous id prefix...
+        sys.stderr.write(f"Error: {e}\n")
         return 2
     except DistilleryError as e:
         sys.stderr.write(f"Error: {e}\n")

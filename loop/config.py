@@ -26,6 +26,7 @@ class TaskConfig(_Strict):
     pool_size: int = Field(64, ge=1)  # generated task only
     dev_size: int = Field(32, ge=1)  # generated task only
     difficulty: int = Field(2, ge=1, le=6)  # generated task: operations per problem
+    max_number: int = Field(20, ge=2, le=1000)  # generated task: largest starting value / operand
     seed: int = 0
 
 
@@ -38,6 +39,9 @@ class LoopConfig(_Strict):
     budget_usd: float | None = Field(None, ge=0)
     mine_limit: int | None = Field(None, ge=1)  # only mine this many pool questions per iteration
     eval_pool: bool = True  # also score the pool at `evaluate`
+    # seed the dataset with an example's gold rationale (from the data) when no
+    # teacher rationale for it was accepted yet
+    gold_fallback: bool = False
 
 
 class Config(_Strict):
@@ -51,3 +55,31 @@ class Config(_Strict):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     teachers: list[TeacherConfig] = Field(default_factory=lambda: [TeacherConfig(name="self", model="self")])
     loop: LoopConfig = Field(default_factory=LoopConfig)
+
+
+def load_config(path) -> Config:
+    """Read and validate distillery.toml.  Every problem raises ConfigError
+    naming the file, the line, the dotted key and the allowed values."""
+    import tomllib
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from .config_errors import toml_syntax_message, validation_message
+    from .errors import ConfigError
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file; create it with `distillery init --preset demo`") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read the config ({e}); it must be a UTF-8 TOML file") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(toml_syntax_message(p, e)) from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(validation_message(p, text, Config, e)) from None

@@ -4,5 +4,6 @@ Imports nothing else of Distillery's.
 """
 
 from .db import DB_NAME, Store, now, sha256_text
+from .errors import Ambiguous, Conflict, NotFound, StoreError
 
-__all__ = ["DB_NAME", "Store", "now", "sha256_text"]
+__all__ = ["DB_NAME", "Store", "now", "sha256_text", "StoreError", "NotFound", "Ambiguous", "Conflict"]

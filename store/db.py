@@ -7,30 +7,25 @@ attached as methods of `Store` or take a `Store` as their first argument.
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import threading
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 import sqlite_utils
 
+from .records import RecordsMixin
 from .schema import apply_migrations
+from .util import now, sha256_text
+from .versions import VersionsMixin
+from .views import ViewsMixin
 
 DB_NAME = "distillery.db"
+__all__ = ["DB_NAME", "Store", "now", "sha256_text"]
 
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-class Store:
+class Store(RecordsMixin, VersionsMixin, ViewsMixin):
     """A workspace database.  Safe to open from several processes at once:
     WAL lets readers proceed while one writer commits, and every multi-row
     change happens inside `transaction()` so readers never see half of it."""
@@ -88,6 +83,29 @@ class Store:
                 raise
             self._depth = 0
             self.conn.execute("COMMIT")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every query inside sees the same committed
+        state (WAL), so a reader never sees half of a writer's transaction
+        across several queries.  Joins an enclosing transaction/snapshot."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self.conn
+                finally:
+                    self._depth -= 1
+                return
+            self.conn.execute("BEGIN DEFERRED")
+            self._depth = 1
+            try:
+                # The snapshot starts at the first read, so read now.
+                self.conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()
+                yield self.conn
+            finally:
+                self._depth = 0
+                self.conn.execute("COMMIT")
 
     # -- content-addressed text ------------------------------------------
     def put_text(self, body: str) -> str:

@@ -171,17 +171,28 @@ def m001_initial(conn: sqlite3.Connection) -> None:
     )
 
 
+def _pending(conn: sqlite3.Connection) -> list[tuple[str, Migration]]:
+    has = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'").fetchone()
+    done = {row[0] for row in conn.execute("SELECT name FROM _migrations")} if has else set()
+    return [(n, fn) for n, fn in MIGRATIONS if n not in done]
+
+
 def apply_migrations(conn: sqlite3.Connection) -> list[str]:
-    """Apply pending migrations in one transaction; return the names applied."""
-    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)")
-    done = {row[0] for row in conn.execute("SELECT name FROM _migrations")}
-    pending = [(n, fn) for n, fn in MIGRATIONS if n not in done]
-    if not pending:
+    """Apply pending migrations in one transaction; return the names applied.
+
+    The common case (nothing pending) only reads, so opening a database that
+    another process is writing never waits for its write lock.  Otherwise the
+    write lock is taken first and the pending list re-read under it, so two
+    processes opening a blank file at once do not both migrate; a failing
+    migration rolls back everything, the _migrations table included."""
+    if not _pending(conn):
         return []
-    # executescript() commits implicitly, so run statements through a savepoint-free
-    # explicit transaction: BEGIN IMMEDIATE takes the write lock up front.
+    # executescript() would commit implicitly, so statements run one by one
+    # inside an explicit transaction; BEGIN IMMEDIATE takes the write lock up front.
     conn.execute("BEGIN IMMEDIATE")
     try:
+        pending = _pending(conn)
+        conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)")
         for name, fn in pending:
             for stmt in _split_script(fn):
                 conn.execute(stmt)

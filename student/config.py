@@ -48,6 +48,7 @@ class LossConfig(_Strict):
     num_contexts: int = Field(1, ge=1, le=16)  # K teacher contexts used for agreement
     contrastive_margin: float = Field(0.5, ge=0)
     on_policy: float = Field(0.0, ge=0, le=1)  # fraction of batches sampled from the student
+    on_policy_max_new_tokens: int = Field(256, ge=1)  # length cap of an on-policy sample
     teacher_adapter: Literal["ema", "previous", "base"] = "ema"
     ema_decay: float = Field(0.98, ge=0, le=1)
     ema_every: int = Field(1, ge=1)

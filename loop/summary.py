@@ -1,0 +1,86 @@
+"""What a person reads at the end of each iteration and of a run: a
+one-screen summary (dev accuracy and its change, errors mined, refinements
+asked/accepted, teacher spend, time per step) and the per-iteration table
+shared by `distillery run`, `status` and the README's demo output."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def signed_pts(x) -> str:
+    return "-" if x is None else f"{100 * x:+.1f} pts"
+
+
+def secs(x) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.1f}s" if x < 120 else f"{x / 60:.1f}m"
+
+
+def print_iteration(console: Console, k: int, m: dict, reason: str | None) -> None:
+    t = Table(title=f"iteration {k}", show_header=False, box=None, pad_edge=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    base = m.get("baseline_dev_acc")
+    t.add_row("dev accuracy", f"{pct(m.get('dev_acc'))}  ({signed_pts(m.get('delta'))} vs previous, "
+              f"{signed_pts(None if base is None or m.get('dev_acc') is None else m['dev_acc'] - base)} vs baseline {pct(base)})")
+    t.add_row("pool accuracy", pct(m.get("pool_acc")))
+    t.add_row("errors mined", f"{m.get('errors')} of {m.get('mined')}")
+    if k > 0:
+        t.add_row("refinements", f"{m.get('refinements_asked')} asked, {m.get('refinements_accepted')} accepted")
+    t.add_row("rationales", f"{m.get('accepted')} accepted of {m.get('rationales')}")
+    t.add_row("dataset", f"{m.get('dataset_size')} examples ({m.get('changed')} changed)")
+    t.add_row("teachers", f"{m.get('teacher_calls')} new calls, {m.get('teacher_cached')} cached, "
+              f"{m.get('teacher_failed')} failed; spend ${m.get('spend_usd') or 0:.4f} (run ${m.get('spend_total_usd') or 0:.4f})")
+    t.add_row("training", f"{m.get('train_steps')} steps, loss {_num(m.get('loss_first'))} -> {_num(m.get('loss_last'))}")
+    times = m.get("times") or {}
+    t.add_row("time", ", ".join(f"{s} {secs(v)}" for s, v in times.items() if v is not None)
+              + f"  (total {secs(sum(v for v in times.values() if v))})")
+    if m.get("fixed") or m.get("broken"):
+        t.add_row("dev flips", f"{len(m.get('fixed') or [])} fixed, {len(m.get('broken') or [])} broken")
+    if reason:
+        t.add_row("stop", reason)
+    console.print(t)
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def iterations_table(rows: list[dict], title: str | None = None) -> Table:
+    """rows: iteration records (list_iterations / get_iteration) with metrics."""
+    t = Table(title=title)
+    for col in ("k", "dev acc", "change", "errors", "refined (asked/accepted)", "dataset", "spend $", "time", "stop"):
+        t.add_column(col, justify="right" if col not in ("stop",) else "left")
+    for it in rows:
+        m = it.get("metrics") or {}
+        times = m.get("times") or {}
+        t.add_row(
+            str(it["k"]), pct(m.get("dev_acc")), signed_pts(m.get("delta")), str(m.get("errors", "-")),
+            f"{m.get('refinements_asked', 0)}/{m.get('refinements_accepted', 0)}", str(m.get("dataset_size", "-")),
+            f"{m.get('spend_usd') or 0:.4f}", secs(sum(v for v in times.values() if v) if times else None),
+            it.get("stop_reason") or "",
+        )
+    return t
+
+
+def iterations_text(rows: list[dict], baseline: float | None) -> str:
+    """The same table as plain text (for logs, the README and reports)."""
+    lines = [f"{'k':>3} {'dev acc':>8} {'change':>10} {'errors':>7} {'refined':>9} {'dataset':>8} {'spend $':>8} {'time':>7}  stop"]
+    lines.append(f"{'base':>3} {pct(baseline):>8}")
+    for it in rows:
+        m = it.get("metrics") or {}
+        times = m.get("times") or {}
+        lines.append(
+            f"{it['k']:>3} {pct(m.get('dev_acc')):>8} {signed_pts(m.get('delta')):>10} {str(m.get('errors', '-')):>7} "
+            f"{str(m.get('refinements_asked', 0)) + '/' + str(m.get('refinements_accepted', 0)):>9} "
+            f"{str(m.get('dataset_size', '-')):>8} {m.get('spend_usd') or 0:>8.4f} "
+            f"{secs(sum(v for v in times.values() if v) if times else None):>7}  {it.get('stop_reason') or ''}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,249 @@
+"""The teacher client: one configured teacher reached through `litellm.acompletion`.
+
+`complete()` does, in order: compute the cache key (teachers/cache.py) and
+return a cached success without any request; reserve the worst-case cost in
+the shared Budget (BudgetExceeded before the call, never after); then, inside
+the teacher's rate limits and concurrency cap, call LiteLLM with tenacity
+retries (jittered exponential backoff, Retry-After honoured) on transient
+errors.  The outcome is written to the cache in one transaction: a success
+once and for all, a failure as `status='error'` to be retried next time.
+Auth and validation errors are raised (after being recorded) because every
+other call of that teacher would fail the same way.
+
+LiteLLM's own retries are turned off (`max_retries=0`, `num_retries=0`) so
+that every HTTP attempt is one of ours: counted, backed off, and bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from . import cache
+from .budget import Budget, call_cost, estimate_cost, estimate_prompt_tokens, prices
+from .config import TeacherConfig
+from .errors import FATAL, RETRYABLE, TeacherAuthError, TeacherBadRequest, TeacherBadResponse, TeacherError, translate
+from .limits import RateLimiter
+
+# A local OpenAI-compatible server needs *some* key in the Authorization header;
+# sending a dummy one keeps a real OPENAI_API_KEY from leaking to it.
+LOCAL_DUMMY_KEY = "sk-local-no-key"
+
+
+@dataclass
+class CallResult:
+    key: str
+    text: str | None
+    status: str  # "ok" | "error" | "skipped" (not attempted: the run was stopped by a budget/auth error)
+    error: str | None = None
+    cost_usd: float = 0.0  # cost of the answer (for a cached one: what it cost when it was made)
+    cached: bool = False
+    teacher: str | None = None
+    error_type: str | None = None
+    attempts: int = 0  # HTTP attempts made by this call (0 when cached or skipped)
+    tag: Any = None  # the request's tag, echoed back for the caller's bookkeeping
+
+
+def _import_litellm():
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    litellm.telemetry = False
+    # LiteLLM logs each failed attempt (and event-loop changes of its logging
+    # worker) as warnings; we record failures ourselves, with the teacher's name.
+    logging.getLogger("LiteLLM").setLevel(logging.ERROR)
+    return litellm
+
+
+def safe_api_base(api_base: str | None) -> str | None:
+    """api_base without user:password@ so credentials in a URL are never stored."""
+    if not api_base:
+        return api_base
+    parts = urlsplit(api_base)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        parts = parts._replace(netloc=host)
+    return urlunsplit(parts)
+
+
+class TeacherClient:
+    def __init__(self, cfg: TeacherConfig, store: Any, budget: Budget | None = None) -> None:
+        if cfg.is_self:
+            raise TeacherBadRequest("the 'self' teacher is sampled from the student by the loop, not through LiteLLM",
+                                    teacher=cfg.name)
+        self.cfg = cfg
+        self.store = store
+        self.budget = budget or Budget(None)
+        self._limiter: RateLimiter | None = None
+        self._limiter_loop: asyncio.AbstractEventLoop | None = None
+        self.http_attempts = 0  # every LiteLLM request this client made
+        self._prices = prices(cfg)  # looked up once: LiteLLM's table lookups are slow for unknown models
+
+    # -- parameters ---------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """Every generation parameter: all of them are part of the cache key."""
+        p: dict[str, Any] = {"temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
+        if self.cfg.top_p is not None:
+            p["top_p"] = self.cfg.top_p
+        p.update(self.cfg.extra)
+        return p
+
+    def api_key(self) -> str | None:
+        """The key from the environment (never stored).  None lets LiteLLM use the
+        provider's standard variable."""
+        env = self.cfg.api_key_env
+        if env:
+            val = os.environ.get(env)
+            if not val:
+                raise TeacherAuthError(f"environment variable {env} is not set; export {env}=<your key> "
+                                       f"(api_key_env in distillery.toml names it)", teacher=self.cfg.name)
+            return val
+        if self.cfg.api_base:
+            return LOCAL_DUMMY_KEY
+        return None
+
+    @property
+    def limiter(self) -> RateLimiter:
+        # asyncio primitives belong to one event loop; a new loop gets fresh ones.
+        loop = asyncio.get_running_loop()
+        if self._limiter is None or self._limiter_loop is not loop:
+            self._limiter = RateLimiter(self.cfg.rpm, self.cfg.tpm, self.cfg.max_concurrency)
+            self._limiter_loop = loop
+        return self._limiter
+
+    def _wait(self, retry_state) -> float:
+        base = wait_exponential_jitter(multiplier=self.cfg.backoff_initial_s, max=self.cfg.backoff_max_s,
+                                       jitter=self.cfg.backoff_initial_s)(retry_state)
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        ra = getattr(exc, "retry_after", None)
+        if ra is not None:
+            return max(base, min(float(ra), self.cfg.retry_after_max_s))
+        return base
+
+    # -- the call -------------------------------------------------------------
+    async def complete(self, messages: list[dict], *, template: Any = None, prompt_version: str | None = None,
+                       sample_index: int = 0, run_id: int | None = None, k: int | None = None,
+                       tag: Any = None, stop_event: asyncio.Event | None = None) -> CallResult:
+        """One cached, budgeted, rate-limited, retried completion.
+
+        `template` is a template name or a prompts.Template (then its version is
+        recorded and used).  Returns status "ok" or "error" (transient errors
+        exhausted); raises TeacherAuthError / TeacherBadRequest / BudgetExceeded."""
+        cfg = self.cfg
+        template_name = template
+        if template is not None and not isinstance(template, str):
+            from prompts import record_prompt_version
+
+            prompt_version = record_prompt_version(self.store, template)
+            template_name = template.name
+        if prompt_version is not None and not cache.prompt_version_exists(self.store, prompt_version):
+            raise ValueError(f"prompt version {prompt_version[:12]} is not in prompt_versions; "
+                             "record it with prompts.record_prompt_version(store, template) first")
+        params = self.params()
+        key = cache.cache_key(model=cfg.model, messages=messages, params=params, template=template_name,
+                              prompt_version=prompt_version, sample_index=sample_index)
+        hit = cache.get(self.store, key)
+        if hit is not None and hit.status == "ok":
+            return CallResult(key, hit.text, "ok", None, hit.cost_usd, True, cfg.name, None, 0, tag)
+
+        request = {"model": cfg.model, "api_base": safe_api_base(cfg.api_base), "messages": messages,
+                   "params": params, "template": template_name, "prompt_version": prompt_version,
+                   "sample_index": sample_index}
+        record = dict(teacher=cfg.name, model=cfg.model, template=template_name, prompt_version=prompt_version,
+                      request=request, run_id=run_id, k=k)
+        try:
+            api_key = self.api_key()
+        except TeacherAuthError as e:
+            cache.record(self.store, key, status="error", error_type=type(e).__name__, error=str(e), attempts=0, **record)
+            raise
+        est_tokens = estimate_prompt_tokens(messages) + cfg.max_tokens
+        reservation = self.budget.reserve(estimate_cost(cfg, messages, self._prices), teacher=cfg.name)
+        attempts = 0
+        litellm = _import_litellm()
+        try:
+            async def attempt() -> tuple[Any, str, float]:
+                nonlocal attempts
+                async with self.limiter.slot(est_tokens):
+                    if stop_event is not None and stop_event.is_set():
+                        raise _Stopped()
+                    attempts += 1
+                    self.http_attempts += 1
+                    t0 = time.perf_counter()
+                    try:
+                        resp = await litellm.acompletion(
+                            model=cfg.model, messages=messages, api_base=cfg.api_base, api_key=api_key,
+                            timeout=cfg.timeout_s, max_retries=0, num_retries=0, **params)
+                    except Exception as e:  # the boundary: LiteLLM/OpenAI/httpx errors become ours
+                        raise translate(e, teacher=cfg.name, model=cfg.model, api_base=safe_api_base(cfg.api_base),
+                                        api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s) from None
+                    latency = time.perf_counter() - t0
+                usage = getattr(resp, "usage", None)
+                self.limiter.settle_tokens(est_tokens, getattr(usage, "total_tokens", None))
+                try:
+                    text = resp.choices[0].message.content
+                except (AttributeError, IndexError, TypeError):
+                    text = None
+                if not text or not text.strip():
+                    raise TeacherBadResponse("empty completion (no content)", teacher=cfg.name)
+                return resp, text, latency
+
+            retrying = AsyncRetrying(stop=stop_after_attempt(cfg.max_retries + 1), wait=self._wait,
+                                     retry=retry_if_exception_type(RETRYABLE), reraise=True)
+            resp, text, latency = await retrying(attempt)
+        except _Stopped:
+            self.budget.settle(reservation, 0.0)
+            return CallResult(key, None, "skipped", "run stopped before this call", 0.0, False, cfg.name,
+                              "Stopped", attempts, tag)
+        except (TeacherError, RetryError) as e:
+            self.budget.settle(reservation, 0.0)
+            err = e if isinstance(e, TeacherError) else TeacherError(str(e), teacher=cfg.name)
+            cache.record(self.store, key, status="error", error_type=type(err).__name__, error=str(err),
+                         attempts=attempts, **record)
+            if isinstance(err, FATAL):
+                raise err
+            return CallResult(key, None, "error", str(err), 0.0, False, cfg.name, type(err).__name__, attempts, tag)
+        except BaseException:
+            self.budget.settle(reservation, 0.0)  # cancelled: nothing recorded, retried next time
+            raise
+        usage = getattr(resp, "usage", None)
+        pt = getattr(usage, "prompt_tokens", None)
+        ct = getattr(usage, "completion_tokens", None)
+        cost = call_cost(cfg, resp, pt, ct, self._prices)
+        self.budget.settle(reservation, cost)
+        cache.record(self.store, key, status="ok", text=text, response=_response_summary(resp), attempts=attempts,
+                     latency_s=latency, prompt_tokens=pt, completion_tokens=ct, cost_usd=cost, **record)
+        return CallResult(key, text, "ok", None, cost, False, cfg.name, None, attempts, tag)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _response_summary(resp: Any) -> dict:
+    """What we keep of the provider response: ids, usage and finish reason (the
+    text itself is in `texts`)."""
+    usage = getattr(resp, "usage", None)
+    try:
+        finish = resp.choices[0].finish_reason
+    except (AttributeError, IndexError, TypeError):
+        finish = None
+    return {
+        "id": getattr(resp, "id", None),
+        "model": getattr(resp, "model", None),
+        "finish_reason": finish,
+        "usage": {
+            "prompt_tokens": getattr(usage, "prompt_tokens", None),
+            "completion_tokens": getattr(usage, "completion_tokens", None),
+            "total_tokens": getattr(usage, "total_tokens", None),
+        },
+    }

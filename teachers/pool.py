@@ -1,0 +1,95 @@
+"""Many requests over several teachers at once, each teacher with its own limits.
+
+`TeacherPool.run(requests)` starts every request concurrently; each teacher's
+RateLimiter decides how many of its requests are actually in flight.  One
+failed request never raises (it comes back with status "error").  A budget or
+auth/validation error stops the run: requests not yet sent come back
+"skipped", the ones in flight finish and are cached, and the first such error
+is raised with `.results` holding the full result list (same order as the
+requests) so the loop can keep what succeeded and report why it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from . import cache
+from .budget import Budget
+from .client import CallResult, TeacherClient
+from .config import TeacherConfig
+from .errors import BudgetExceeded, TeacherError
+
+
+@dataclass
+class TeacherRequest:
+    teacher: str  # a configured teacher name
+    messages: list[dict]
+    template: Any = None  # template name or prompts.Template
+    prompt_version: str | None = None
+    sample_index: int = 0
+    run_id: int | None = None
+    k: int | None = None
+    tag: Any = field(default=None, compare=False)  # echoed back in CallResult.tag
+
+
+class TeacherPool:
+    def __init__(self, cfgs: Iterable[TeacherConfig], store: Any, budget_usd: float | None = None, *,
+                 spent_usd: float | None = None, run_id: int | None = None) -> None:
+        """`spent_usd` defaults to what the store says was already spent
+        (for `run_id` when given), so a resumed run keeps its budget."""
+        self.store = store
+        if spent_usd is None:
+            spent_usd = cache.spend(store, run_id) if budget_usd is not None else 0.0
+        self.budget = Budget(budget_usd, spent_usd)
+        self.clients: dict[str, TeacherClient] = {}
+        for cfg in cfgs:
+            if cfg.is_self:
+                continue  # the loop samples the student itself
+            if cfg.name in self.clients:
+                raise ValueError(f"two teachers are named {cfg.name!r}; names must be unique")
+            self.clients[cfg.name] = TeacherClient(cfg, store, self.budget)
+
+    @property
+    def http_attempts(self) -> int:
+        return sum(c.http_attempts for c in self.clients.values())
+
+    async def run(self, requests: Iterable[TeacherRequest]) -> list[CallResult]:
+        reqs = list(requests)
+        for r in reqs:
+            if r.teacher not in self.clients:
+                known = ", ".join(self.clients) or "(none)"
+                raise ValueError(f"request for unknown teacher {r.teacher!r}; configured LiteLLM teachers: {known}")
+        stop = asyncio.Event()
+        fatal: list[TeacherError] = []
+
+        async def one(r: TeacherRequest) -> CallResult:
+            client = self.clients[r.teacher]
+            if stop.is_set():
+                return _skipped(r)
+            try:
+                return await client.complete(r.messages, template=r.template, prompt_version=r.prompt_version,
+                                             sample_index=r.sample_index, run_id=r.run_id, k=r.k, tag=r.tag,
+                                             stop_event=stop)
+            except TeacherError as e:  # fatal kinds only: transient ones come back as status="error"
+                stop.set()
+                fatal.append(e)
+                status = "skipped" if isinstance(e, BudgetExceeded) else "error"
+                return CallResult("", None, status, str(e), 0.0, False, r.teacher, type(e).__name__, 0, r.tag)
+
+        results = list(await asyncio.gather(*(one(r) for r in reqs)))
+        if fatal:
+            # Prefer the budget error when present: it is the one the loop reports as a stop reason.
+            err = next((e for e in fatal if isinstance(e, BudgetExceeded)), fatal[0])
+            err.results = results  # type: ignore[attr-defined]
+            raise err
+        return results
+
+    def run_sync(self, requests: Iterable[TeacherRequest]) -> list[CallResult]:
+        """`run` from synchronous code (the loop's steps)."""
+        return asyncio.run(self.run(requests))
+
+
+def _skipped(r: TeacherRequest) -> CallResult:
+    return CallResult("", None, "skipped", "run stopped before this call", 0.0, False, r.teacher, "Stopped", 0, r.tag)

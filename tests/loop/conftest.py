@@ -1,0 +1,26 @@
+"""Fixtures of the loop tests (helpers in tests/loop/helpers.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.fakeserver import FakeOpenAIServer  # noqa: E402
+from tests.loop.helpers import make_workspace, teacher_answer  # noqa: E402
+
+
+@pytest.fixture
+def teacher_server():
+    with FakeOpenAIServer(answer=teacher_answer) as srv:
+        yield srv
+
+
+@pytest.fixture
+def ws(tmp_path, teacher_server):
+    return make_workspace(tmp_path / "ws", teacher_server.base_url)

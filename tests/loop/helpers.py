@@ -1,0 +1,191 @@
+"""Helpers of the loop tests: a tiny-model workspace whose teacher is a
+real OpenAI-compatible HTTP server on 127.0.0.1 (tests/fakeserver.py).
+
+The fake teacher answers from the generated task's gold rationales, so what it
+says is checkable: at iteration 0 it gets every other question wrong on
+purpose (so those rationales are rejected and the examples become refinement
+targets), and it always answers `refine` prompts correctly, naming the mistake.
+Torch runs on one thread: the tiny model is faster that way, and the test
+machine's cores are shared."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from loop.task import generate_task  # noqa: E402
+from tests.fakeserver import FakeOpenAIServer  # noqa: E402
+
+torch.set_num_threads(1)
+
+POOL, DEV = 12, 8
+
+
+def task_rows():
+    return generate_task(0, POOL, DEV, 1, 20)
+
+
+def teacher_answer(messages):
+    """The scripted teacher: find the question in the prompt, answer from gold."""
+    pool, dev = task_rows()
+    text = "\n".join(m["content"] for m in messages)
+    for i, row in enumerate(pool + dev):
+        if row["question"] in text:
+            if "Solution the student studied" in text:  # the refine template
+                return "The student's mistake: it did not track the running total.\n" + row["rationale"]
+            if i % 2 == 1:  # seed: deliberately wrong for every other question
+                return "A careless solution.\n#### " + str(int(row["answer"]) + 1)
+            return row["rationale"]
+    return "I could not find the question.\n#### 0"
+
+
+def config_toml(base_url: str, **loop_overrides) -> str:
+    loop = {"max_iterations": 3, "patience": 5, "combine": "replace", "privileged_gold": True}
+    loop.update(loop_overrides)
+    loop_lines = "\n".join(f"{k} = {_toml(v)}" for k, v in loop.items())
+    return f"""
+preset = "tiny"
+run_name = "main"
+
+[task]
+kind = "arithmetic"
+pool_size = {POOL}
+dev_size = {DEV}
+difficulty = 1
+max_number = 20
+seed = 0
+
+[student]
+name = "tiny"
+device = "cpu"
+dtype = "float32"
+max_length = 96
+
+[lora]
+r = 4
+alpha = 8.0
+
+[loss]
+sft = 1.0
+kd = 0.5
+contrastive = 0.1
+num_contexts = 2
+
+[train]
+max_steps = 3
+batch_size = 4
+lr = 1e-3
+checkpoint_every = 1
+
+[generation]
+batch_size = 16
+max_new_tokens = 8
+n_samples = 0
+
+[[teachers]]
+name = "fake"
+model = "openai/fake"
+api_base = "{base_url}"
+temperature = 0.0
+max_tokens = 64
+max_retries = 2
+
+[loop]
+{loop_lines}
+"""
+
+
+def _toml(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    return str(v)
+
+
+def make_workspace(path: Path, base_url: str, **loop_overrides) -> Path:
+    from loop.workspace import init_workspace
+
+    init_workspace(path, "tiny")
+    (path / "distillery.toml").write_text(config_toml(base_url, **loop_overrides))
+    return path
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false",
+             HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", LITELLM_LOCAL_MODEL_COST_MAP="True")
+    e.pop("DISTILLERY_WORKSPACE", None)
+    return e
+
+
+def cli(*args, env_extra=None, timeout=300, **kw) -> subprocess.CompletedProcess:
+    """`distillery ARGS` in a subprocess (the real entry point)."""
+    e = env()
+    e.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "loop", *args], capture_output=True, text=True, env=e,
+                          timeout=timeout, cwd=str(ROOT), **kw)
+
+
+def popen(*args, env_extra=None, **kw) -> subprocess.Popen:
+    e = env()
+    e.update(env_extra or {})
+    return subprocess.Popen([sys.executable, "-m", "loop", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=e, cwd=str(ROOT), **kw)
+
+
+def run_inprocess(ws: Path, command: str, *args) -> int:
+    """`distillery COMMAND -w WS ARGS` in this process (saves the interpreter start-up)."""
+    from loop.cli import main
+
+    return main([command, "-w", str(ws), *args])
+
+
+def db_rows(ws: Path) -> dict:
+    """Row counts of every table: 'nothing written' means these do not change."""
+    import sqlite3
+
+    con = sqlite3.connect(ws / "distillery.db")
+    try:
+        names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {n: con.execute(f"SELECT COUNT(*) FROM {n}").fetchone()[0] for n in names}
+    finally:
+        con.close()
+
+
+def datasets(ws: Path, run: str = "main") -> dict:
+    """{k: {example_id: [(rationale text, weight)]}} of every iteration of a run."""
+    from store import Store
+
+    st = Store.open(ws)
+    try:
+        r = st.get_run(run)
+        out = {}
+        k = 0
+        while True:
+            try:
+                it = st.get_iteration(r["id"], k)
+            except LookupError:
+                break
+            if it["status"] != "done":
+                break
+            data = st.dataset(r["id"], k)
+            rats = st.get_rationales({rid for d in data.values() for rid, _ in d})
+            out[k] = {e: [(rats[rid]["text"], w) for rid, w in d] for e, d in data.items()}
+            k += 1
+        return out
+    finally:
+        st.close()
+
+
+def strip_ansi(s: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", s)

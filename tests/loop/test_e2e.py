@@ -1,0 +1,83 @@
+"""End to end: the tiny student, a real OpenAI-compatible HTTP teacher on
+127.0.0.1, three iterations, then the inspection commands.
+
+The tiny model cannot learn arithmetic in a few steps, so these tests assert
+the lineage chain (first wrong answer -> refine call -> accepted refined
+rationale -> dataset version), not that the student ends up correct."""
+
+from __future__ import annotations
+
+import json
+
+from store import Store
+
+from tests.loop.helpers import datasets, run_inprocess
+
+
+def _json(capsys, ws, *args):
+    capsys.readouterr()
+    rc = run_inprocess(ws, *args, "--json")
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    return json.loads(out)
+
+
+def test_three_iterations_mine_refine_version_and_lineage(ws, teacher_server, capsys):
+    assert run_inprocess(ws, "run") == 0
+    its = _json(capsys, ws, "iterations")
+    rows = its["iterations"] if isinstance(its, dict) else its
+    assert [r["k"] for r in rows] == [0, 1, 2]
+    assert all(r["status"] == "done" for r in rows)
+
+    st = Store.open(ws)
+    run = st.get_run("main")
+    m = [st.get_iteration(run["id"], k)["metrics"] for k in range(3)]
+    assert m[0]["baseline_dev_acc"] is not None
+    assert m[0]["rationales"] == 12 and m[0]["accepted"] == 6  # every other seed answer is wrong on purpose
+    assert m[0]["dataset_size"] == 6
+    for k in (1, 2):
+        assert m[k]["errors"] > 0  # the tiny student is wrong: errors are mined...
+        assert m[k]["refinements_asked"] == m[k]["errors"]  # ...each one refined...
+        assert m[k]["refinements_accepted"] == m[k]["errors"]  # ...and the fake teacher refines correctly
+    assert st.get_iteration(run["id"], 2)["stop_reason"] == "max_iterations"
+
+    # one example's lineage: seed rationale at k=0 -> wrong answer mined at k=1
+    # -> refine call answering that prediction -> accepted -> dataset version 1
+    data0, data1 = st.dataset(run["id"], 0), st.dataset(run["id"], 1)
+    eid = next(e for e in data0 if e in data1 and data0[e] != data1[e])
+    seed_rid = data0[eid][0][0]
+    new_rid = data1[eid][0][0]
+    trace = _json(capsys, ws, "trace", eid)
+    text = json.dumps(trace)
+    assert seed_rid in text and new_rid in text
+    rats = {r["id"]: r for r in st.list_rationales(example_id=eid)}
+    refined = rats[new_rid]
+    assert refined["parent_id"] == seed_rid and refined["accepted"] is True and refined["k"] == 1
+    err = st.get_prediction(refined["error_prediction"])
+    assert err["k"] == 1 and err["phase"] == "mine" and err["correct"] is False and err["example_id"] == eid
+    call = st.get_teacher_call(refined["teacher_call"])
+    assert call["template"] == "refine" and call["status"] == "ok"
+    prompt = "\n".join(m["content"] for m in call["request"]["messages"])
+    assert err["output"] in prompt  # the refine prompt holds the student's wrong output
+
+    diff = _json(capsys, ws, "diff", "0", "1")
+    assert eid in json.dumps(diff)
+    show = _json(capsys, ws, "show", "1")
+    assert show  # the iteration is visible with its metrics
+    capsys.readouterr()
+    assert run_inprocess(ws, "export", "1", "--format", "jsonl") == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]
+    assert len(lines) >= len(data1)
+
+    # an odd example: its seed was wrong (rejected), so its first accepted
+    # demonstration is a refinement with no parent, answering a mined error
+    rejected = [r for r in st.list_rationales(run_id=run["id"], k=0) if r["accepted"] is False]
+    assert len(rejected) == 6
+    st.close()
+
+    # nothing duplicated; a second `run` has nothing left to do and asks the teacher nothing
+    before = teacher_server.requests
+    ds = datasets(ws)
+    assert run_inprocess(ws, "run") == 0
+    assert teacher_server.requests == before
+    assert datasets(ws) == ds

@@ -1,0 +1,91 @@
+"""Units around the client: error translation, Retry-After parsing, token
+buckets, and the import boundary (teachers never imports torch)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import httpx
+import litellm
+import pytest
+
+from teachers.errors import (
+    TeacherAuthError,
+    TeacherBadRequest,
+    TeacherRateLimited,
+    TeacherTimeout,
+    TeacherUnavailable,
+    key_env_hint,
+    retry_after_seconds,
+    translate,
+)
+from teachers.limits import TokenBucket
+from tests.fakeserver import FakeServerProcess
+
+
+def _resp(code: int, headers: dict | None = None) -> httpx.Response:
+    return httpx.Response(code, headers=headers or {}, request=httpx.Request("POST", "http://x/v1/chat/completions"))
+
+
+def test_translate_maps_litellm_errors_and_names_the_fix():
+    kw = dict(teacher="t1", model="openai/gpt-4o-mini", api_key_env=None, timeout_s=5)
+    e = translate(litellm.AuthenticationError("bad key", llm_provider="openai", model="gpt-4o-mini"), **kw)
+    assert isinstance(e, TeacherAuthError) and "set OPENAI_API_KEY" in str(e) and str(e).startswith("teacher 't1'")
+    e = translate(litellm.NotFoundError("no such model", llm_provider="openai", model="gpt-4o-mini"), **kw)
+    assert isinstance(e, TeacherBadRequest) and "check the model name" in str(e)
+    e = translate(litellm.RateLimitError("slow down", llm_provider="openai", model="m",
+                                         response=_resp(429, {"retry-after": "7"})), **kw)
+    assert isinstance(e, TeacherRateLimited) and e.retry_after == 7.0
+    e = translate(litellm.Timeout("timed out", model="m", llm_provider="openai"), **kw)
+    assert isinstance(e, TeacherTimeout) and "5" in str(e)
+    e = translate(litellm.ServiceUnavailableError("down", llm_provider="openai", model="m"), **kw)
+    assert isinstance(e, TeacherUnavailable)
+    e = translate(ConnectionResetError("reset by peer"), **kw)
+    assert isinstance(e, TeacherUnavailable)
+
+
+def test_retry_after_prefers_milliseconds_and_ignores_dates():
+    class E(Exception):
+        pass
+
+    e = E()
+    e.response = _resp(429, {"retry-after-ms": "250", "retry-after": "1"})
+    assert retry_after_seconds(e) == pytest.approx(0.25)
+    e.response = _resp(429, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})
+    assert retry_after_seconds(e) is None
+
+
+def test_key_env_hint():
+    assert key_env_hint("anthropic/claude-3-5-haiku", None) == "ANTHROPIC_API_KEY"
+    assert key_env_hint("gpt-4o-mini", None) == "OPENAI_API_KEY"
+    assert key_env_hint("openai/x", "MY_KEY") == "MY_KEY"
+
+
+def test_token_bucket_rate():
+    async def go() -> float:
+        b = TokenBucket(rate_per_min=1200, capacity=5)  # 20/s
+        t0 = time.perf_counter()
+        for _ in range(15):
+            await b.acquire(1)
+        return time.perf_counter() - t0
+
+    assert asyncio.run(go()) >= 0.45  # 5 from the burst, then 10 at 20/s
+
+
+def test_teachers_and_prompts_never_import_torch():
+    code = ("import sys, teachers, teachers.client, teachers.pool, teachers.agreement, prompts; "
+            "assert 'torch' not in sys.modules, 'torch imported'; assert 'litellm' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_fake_server_in_a_subprocess_counts_requests():
+    with FakeServerProcess(latency=0.0) as srv:
+        r = httpx.post(srv.base_url + "/chat/completions", json={"model": "fake", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].endswith("#### 42")
+        assert httpx.get(srv.base_url + "/models").json()["data"][0]["id"] == "fake"
+        assert srv.requests == 2
+        srv.reset_counts()
+        assert srv.requests == 0
