@@ -287,16 +287,19 @@ def register(app: typer.Typer) -> None:
                 os.replace(scratch, rejected)
                 raise UserError(f"{e}\nThe template was NOT changed (validated with {source}); "
                                 f"your edit is kept in {rejected} - fix it and run `distillery prompts edit {name}` again") from None
-            old = Template.from_text(before, path=str(src))
+            old_version = hashlib.sha256(before.encode("utf-8")).hexdigest()
             os.replace(scratch, target)  # atomic: the old file or the new one, never half of it
-            _record(ws, old)
+            try:  # the previous version too, so `history`/`diff` can show what changed
+                _record(ws, Template.from_text(before, path=str(src)))
+            except TemplateError:
+                pass  # it was broken (edited by hand outside `prompts edit`): nothing worth keeping
             _record(ws, t)
         finally:
             if scratch.exists():
                 scratch.unlink()
         c = _console()
-        c.print(f"Saved {target}: version {old.version[:12]} -> {t.version[:12]} (validated with {source})")
-        c.print(_diff(before, after, f"{name}@{old.version[:12]}", f"{name}@{t.version[:12]}"), markup=False,
+        c.print(f"Saved {target}: version {old_version[:12]} -> {t.version[:12]} (validated with {source})")
+        c.print(_diff(before, after, f"{name}@{old_version[:12]}", f"{name}@{t.version[:12]}"), markup=False,
                 highlight=False)
 
     @papp.command("history")

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -97,6 +98,7 @@ class Orchestrator:
         self.quiet = quiet
         self.fmt = cfg.task.answer_format
         self.templates: dict[str, Any] = {}
+        self._template_cache: dict[str, tuple] = {}
         self.run_id: int | None = None
         self.run: dict | None = None
         self.loaded_adapter: Any = "unloaded"
@@ -156,11 +158,18 @@ class Orchestrator:
         out = {}
         for name in TEMPLATES:
             try:
+                path = prompts.template_path(name, self.ws)
+                body = path.read_bytes()
+                cached = self._template_cache.get(name)
+                if cached is not None and cached[0] == (str(path), body):
+                    out[name] = cached[1]  # unchanged file: skip parsing and test-rendering
+                    continue
                 t = prompts.load_template(name, self.ws)
                 vars_ = {v: SAMPLE_VARIABLES.get(v, "x") for v in t.variables}
                 vars_.update({v: SAMPLE_VARIABLES[v] for v in t.optional if v in SAMPLE_VARIABLES})
                 t.render(**vars_)
                 out[name] = t
+                self._template_cache[name] = ((str(path), body), t)
             except TemplateError as e:
                 if strict:
                     raise UserError(f"template {name!r}: {e}; fix the file or check it with `distillery prompts render {name}`") from None
@@ -267,7 +276,7 @@ class Orchestrator:
         if self._pool is None:
             from teachers.pool import TeacherPool
 
-            self._pool = TeacherPool(self.cfg.teachers, self.store, self.cfg.loop.budget_usd)
+            self._pool = TeacherPool(self.cfg.teachers, self.store, self.cfg.loop.budget_usd, run_id=self.run_id)
         return self._pool
 
     # ------------------------------------------------------------------ lookups used by the steps
@@ -334,6 +343,15 @@ class Orchestrator:
         return record_prompt_version(self.store, template)
 
     # ------------------------------------------------------------------ step plumbing
+    @contextmanager
+    def timed(self, category: str):
+        """Add the body's wall time to timings[category] (bench/loop_bench.py)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[category] = self.timings.get(category, 0.0) + time.perf_counter() - t0
+
     def stop_requested(self) -> bool:
         return self.stop_event.is_set()
 
@@ -445,6 +463,10 @@ class Orchestrator:
 
     def iteration(self, k: int) -> str | None:
         """Run the unfinished steps of iteration k; return the stop reason."""
+        with self.timed("iteration"):
+            return self._iteration(k)
+
+    def _iteration(self, k: int) -> str | None:
         self.store.start_iteration(self.run_id, k)
         fresh = self.load_templates(strict=False) if self.templates else self.load_templates(strict=True)
         changed = [n for n in TEMPLATES if self.templates.get(n) is not None and self.templates[n].version != fresh[n].version]

@@ -49,18 +49,19 @@ def answer_questions(o: "Orchestrator", step: str, examples: list[dict], *, n_sa
     tpl = o.templates["student"]
     prompts = [tpl.render(question=e["question"], answer_format=o.fmt) for e in examples]
     out: list[list[str]] = []
-    chunk = max(g.batch_size * 4, 1)
+    chunk = max(g.batch_size * 2, 1)
     o.progress(step, 0, len(prompts))
     for i, part in enumerate(_chunks(prompts, chunk)):
         if not part:
             break
         o.check_stop()
-        out.extend(
-            generate(
-                o.student, part, n_samples=n_samples, temperature=g.temperature, top_p=g.top_p,
-                max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, seed=seed + i,
+        with o.timed("generate"):
+            out.extend(
+                generate(
+                    o.student, part, n_samples=n_samples, temperature=g.temperature, top_p=g.top_p,
+                    max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, seed=seed + i,
+                )
             )
-        )
         o.progress(step, len(out), len(prompts))
     return out
 
@@ -254,13 +255,14 @@ def _self_teach(o: "Orchestrator", k: int, t, jobs: list[dict], stats: dict) -> 
         outs: list[list[str]] = []
         g = o.cfg.generation
         o.progress("teach", 0, len(prompts))
-        for c, part in enumerate(_chunks(prompts, max(g.batch_size * 4, 1))):
+        for c, part in enumerate(_chunks(prompts, max(g.batch_size * 2, 1))):
             if not part:
                 break
             o.check_stop()
-            outs.extend(generate(o.student, part, n_samples=t.samples - 1, temperature=t.temperature,
-                                 top_p=params["top_p"], max_new_tokens=params["max_tokens"],
-                                 batch_size=g.batch_size, seed=params["seed"] + c))
+            with o.timed("generate"):
+                outs.extend(generate(o.student, part, n_samples=t.samples - 1, temperature=t.temperature,
+                                     top_p=params["top_p"], max_new_tokens=params["max_tokens"],
+                                     batch_size=g.batch_size, seed=params["seed"] + c))
             o.progress("teach", len(outs), len(prompts))
         for i, o_texts in zip(missing, outs):
             texts[i] = o_texts[: t.samples]
@@ -307,7 +309,8 @@ def _api_teach(o: "Orchestrator", k: int, t, jobs: list[dict], stats: dict) -> t
     budget_hit = None
     before = o.teacher_pool.http_attempts
     try:
-        results = o.teacher_pool.run_sync(reqs)
+        with o.timed("teacher"):
+            results = o.teacher_pool.run_sync(reqs)
     except BudgetExceeded as e:
         results = getattr(e, "results", [])
         budget_hit = str(e)
@@ -491,8 +494,9 @@ def train_step(o: "Orchestrator", k: int) -> dict:
     o.student.copy_adapter("student", "teacher")  # "previous"/"ema" teachers start from the same weights
     o.progress("train", 0, None)
     try:
-        res = train(o.student, examples, o.cfg.train, o.cfg.loss, out_dir, resume=True,
-                    should_stop=o.stop_requested, progress=o.show_train_progress)
+        with o.timed("train_call"):
+            res = train(o.student, examples, o.cfg.train, o.cfg.loss, out_dir, resume=True,
+                        should_stop=o.stop_requested, progress=o.show_train_progress)
     except StudentError as e:
         raise RunFailure(f"training iteration {k} failed: {e}") from None
     if res.stopped:

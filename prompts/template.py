@@ -34,8 +34,8 @@ class TemplateError(ValueError):
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
         self.path = path
         self.line = line
-        where = f"{path}:{line}" if path and line else (path or "<template>")
-        super().__init__(f"{where}: {message}")
+        where = f"{path}:{line}" if path and line else path
+        super().__init__(f"{where}: {message}" if where else message)
 
 
 def _env() -> SandboxedEnvironment:

@@ -17,7 +17,7 @@ right-padded (positions then start at 0 in every row, like an unpadded run).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -122,7 +122,6 @@ class Batch:
     negative_attention_mask: torch.Tensor | None = None
     negative_positions: torch.Tensor | None = None
     num_contexts: int = 1
-    extras: dict = field(default_factory=dict)
 
     def to(self, device) -> "Batch":
         for f in fields(self):

@@ -258,6 +258,8 @@ def unisd_loss(
         )
         total = total + cfg.contrastive * c
         terms["contrastive"] = float(c.detach())
+    elif cfg.contrastive > 0:  # enabled, but no example of this batch has a negative
+        terms["contrastive"] = 0.0
 
     if cfg.feature > 0:
         if student_hidden is None or teacher_hidden is None:

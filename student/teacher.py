@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from student.data import Batch, TrainExample, completion_ids, encode
+from student.data import Batch, TrainExample, encode
 from student.model import Student, prompt_ids
 
 
@@ -239,7 +239,6 @@ __all__ = [
     "AlignedLM",
     "TeacherOutputs",
     "aligned_forward",
-    "completion_ids",
     "ema_pairs",
     "ema_update",
     "encode_batch",

@@ -16,9 +16,12 @@ lr/10 (nanoGPT's schedule); it is a pure function of the step number, which
 is therefore the whole scheduler state a checkpoint needs.
 
 bf16: TrainConfig.bf16 = "on" always autocasts to bf16 (CPU autocast too);
-"auto" autocasts on CUDA GPUs with bf16 support and stays fp32 on CPU —
-bench/train_bench.py measures CPU autocast, and on the 2-core test machine it
-made the small models' steps slower, not faster (see docs/architecture.md).
+"auto" autocasts on CUDA GPUs with bf16 support, and on CPUs with native bf16
+(avx512_bf16/AMX, oneDNN's check) for models with hidden size ≥ 256: there
+SmolLM2-size matmuls ran 1.6-2.8x faster, while the 64-dim tiny model's
+steps ran ~25% slower (casts outweigh the tiny matmuls), so it stays fp32.
+bench/train_bench.py prints the measured CPU autocast speedup.  Trainable
+weights stay fp32 and every loss is computed in fp32.
 
 Checkpoints (out_dir/checkpoints/step-NNNNNN/, written to a .tmp directory and
 renamed, the previous one removed afterwards): student.safetensors and
@@ -92,7 +95,7 @@ def train(
     accelerator = Accelerator(cpu=student.device.type == "cpu")
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     student.device = device  # under several GPUs each rank owns its own device
-    use_bf16 = _use_bf16(train_cfg, device)
+    use_bf16 = _use_bf16(train_cfg, device, getattr(student.model.config, "hidden_size", 0) or 0)
 
     # ---- the schedule: micro-batches → optimizer steps
     n, bs, accum = len(examples), train_cfg.batch_size, train_cfg.grad_accum
@@ -139,22 +142,8 @@ def train(
         for a in range(accum):
             idx = micro_batch_indices(n, bs, world, rank, train_cfg.seed, micro)
             on_policy = use_on_policy(loss_cfg.on_policy, train_cfg.seed, micro, rank)
-            if on_policy:  # y ~ student: sample, then encode around the sampled ids
-                encoded = encode_batch(
-                    student,
-                    [examples[i] for i in idx],
-                    num_contexts=loss_cfg.num_contexts,
-                    on_policy=True,
-                    temperature=loss_cfg.temperature,
-                    max_new_tokens=loss_cfg.on_policy_max_new_tokens,
-                    seed=(train_cfg.seed * 1_000_003 + micro * 101 + rank) % 2**31,
-                )
-            else:  # y = d: the encoding never changes, tokenize each example once
-                for i in idx:
-                    if i not in encoded_cache:
-                        encoded_cache[i] = encode(student.tokenizer, examples[i], num_contexts=loss_cfg.num_contexts,
-                                                  max_length=student.model_cfg.max_length)
-                encoded = [encoded_cache[i] for i in idx]
+            encoded = _encode(student, examples, idx, loss_cfg, on_policy, encoded_cache,
+                              seed=(train_cfg.seed * 1_000_003 + micro * 101 + rank) % 2**31)
             batch = collate(encoded, student.tokenizer.pad_token_id).to(device)
             input_tokens += int(batch.attention_mask.sum())
             with _autocast(device, use_bf16):
@@ -218,6 +207,27 @@ def train(
 # --------------------------------------------------------------------------- pieces
 
 
+def _encode(student, examples, idx, loss_cfg, on_policy: bool, cache: dict, seed: int) -> list[Encoded]:
+    """Token ids of one micro-batch: y ~ student when on-policy (sampled, then
+    encoded around the sampled ids), else y = d, whose encoding never changes
+    and is therefore tokenized once per example."""
+    if on_policy:
+        return encode_batch(
+            student,
+            [examples[i] for i in idx],
+            num_contexts=loss_cfg.num_contexts,
+            on_policy=True,
+            temperature=loss_cfg.temperature,
+            max_new_tokens=loss_cfg.on_policy_max_new_tokens,
+            seed=seed,
+        )
+    for i in idx:
+        if i not in cache:
+            cache[i] = encode(student.tokenizer, examples[i], num_contexts=loss_cfg.num_contexts,
+                              max_length=student.model_cfg.max_length)
+    return [cache[i] for i in idx]
+
+
 def _lr(step: int, total: int, warmup: int, lr: float) -> float:
     """Linear warmup (from lr/warmup at step 0) then cosine decay to lr/10."""
     if step < warmup:
@@ -226,7 +236,13 @@ def _lr(step: int, total: int, warmup: int, lr: float) -> float:
     return lr / 10 + 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * (lr - lr / 10)
 
 
-def _use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+# Below this hidden size the matmuls are too small for bf16 to pay for its casts
+# (the tiny 64-dim model steps ~25% slower under CPU autocast; SmolLM2's
+# 576-dim matmuls run 1.6-2.8x faster on a CPU with avx512_bf16).
+CPU_BF16_MIN_HIDDEN = 256
+
+
+def _use_bf16(cfg: TrainConfig, device: torch.device, hidden_size: int = 0) -> bool:
     if cfg.bf16 == "off":
         return False
     if device.type == "cuda":
@@ -234,7 +250,17 @@ def _use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
         if cfg.bf16 == "on" and not ok:
             raise StudentError("train.bf16 = 'on' but this GPU has no bf16 support; set train.bf16 = 'auto' or 'off'")
         return ok
-    return cfg.bf16 == "on"  # CPU: only when asked (measured slower here, see module docstring)
+    if cfg.bf16 == "on":
+        return True
+    return _cpu_has_native_bf16() and hidden_size >= CPU_BF16_MIN_HIDDEN
+
+
+def _cpu_has_native_bf16() -> bool:
+    """oneDNN's own check for bf16 instructions (avx512_bf16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _autocast(device: torch.device, enabled: bool):

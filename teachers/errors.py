@@ -173,7 +173,7 @@ def translate(exc: BaseException, *, teacher: str, model: str, api_base: str | N
 # Providers echo (masked) keys in auth errors ("Incorrect API key provided:
 # sk-proj-****abcd"); our messages end up in the database and the logs, so any
 # key-looking token is removed before a message is built.
-_KEYLIKE = re.compile(r"(?i)\b(?:sk|pk|rk|ak|key|api[-_]?key|bearer)[-_ :=]+[A-Za-z0-9_\-\*\.]{4,}|\*{3,}[A-Za-z0-9_\-]*")
+_KEYLIKE = re.compile(r"(?i)\b(?:sk|pk|rk|ak|key|api[-_]?key|bearer)[-_ :=]+(?=[\w\-*.]*[\d*])[\w\-*.]{4,}|\*{3,}[\w\-]*")
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:

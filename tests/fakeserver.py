@@ -17,7 +17,10 @@ It serves `POST /v1/chat/completions` and `GET /v1/models` from a thread pool
         litellm.completion(model="openai/fake", api_base=srv.base_url, api_key="x", ...)
         assert srv.requests == 1
 
-or the pytest fixture `fake_server` (import it into a conftest.py).
+or the pytest fixture `fake_server` (import it into a conftest.py), or
+`FakeServerProcess` for a server in a child process (counters over GET /_stats,
+reset with POST /_reset): `python tests/fakeserver.py --latency 0.2` serves one
+from the command line and prints "PORT <n>".
 """
 
 from __future__ import annotations
@@ -194,6 +197,10 @@ class FakeOpenAIServer:
 class _Handler(BaseHTTPRequestHandler):
     srv: FakeOpenAIServer
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle's algorithm and the
+    # client's delayed ACK that costs ~40 ms per response.  Real servers set
+    # TCP_NODELAY, so must we, or every latency measured here is 40 ms too long.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args) -> None:  # keep test output clean
         pass

@@ -22,8 +22,8 @@ def _json(capsys, ws, *args):
     return json.loads(out)
 
 
-def test_three_iterations_mine_refine_version_and_lineage(ws, teacher_server, capsys):
-    assert run_inprocess(ws, "run") == 0
+def test_three_iterations_mine_refine_version_and_lineage(finished, capsys):
+    ws, teacher_server = finished
     its = _json(capsys, ws, "iterations")
     rows = its["iterations"] if isinstance(its, dict) else its
     assert [r["k"] for r in rows] == [0, 1, 2]

@@ -173,3 +173,17 @@ api_key_env = "MISSING_KEY"
 """)
     code, out, err = cli(capsys, "teachers", "check", "-w", str(ws))
     assert code == 2 and "MISSING_KEY" in out + err and "Traceback" not in err
+
+
+def test_edit_repairs_a_template_broken_by_hand(ws, capsys, monkeypatch):
+    path = ws / "prompts" / "student.yaml"
+    good = path.read_text()
+    path.write_text(good.replace("{{ question }}", "{{ question }"))
+    code, _, err = cli(capsys, "prompts", "render", "student", "-w", str(ws))
+    assert code == 2 and f"{path}:" in err and "syntax error" in err
+    code, out, _ = cli(capsys, "prompts", "list", "-w", str(ws), "--json")
+    assert {t["name"]: t["valid"] for t in json.loads(out)["templates"]}["student"] is False
+    edit(monkeypatch, "{{ question }", "{{ question }}")
+    code, out, err = cli(capsys, "prompts", "edit", "student", "-w", str(ws))
+    assert code == 0, err
+    assert path.read_text() == good

@@ -220,3 +220,21 @@ def test_unisd_requires_inputs_for_enabled_terms(gen):
         unisd_loss(LossConfig(kd=1.0), student_logits=s, labels=labels)
     with pytest.raises(ValueError, match="hidden states"):
         unisd_loss(LossConfig(kd=0.0, feature=1.0), student_logits=s, labels=labels)
+
+
+def test_contrastive_enabled_without_negatives_reports_zero(gen):
+    s = rand(gen, B, T, V)
+    labels = torch.randint(0, V, (B, T), generator=gen)
+    cfg = LossConfig(sft=1.0, kd=1.0, contrastive=1.0)
+    total, terms = unisd_loss(cfg, student_logits=s, labels=labels, teacher_logits=rand(gen, B, T, V))
+    assert terms["contrastive"] == 0.0
+    assert total.item() == pytest.approx(terms["sft"] + terms["kd"], rel=1e-6)
+
+
+def test_example_weights_scale_tokens(gen):
+    s = rand(gen, B, T, V)
+    labels = torch.randint(0, V, (B, T), generator=gen)
+    w = torch.tensor([1.0, 0.0, 1.0]).view(B, 1).expand(B, T)
+    _, terms = unisd_loss(LossConfig(sft=1, kd=0), student_logits=s, labels=labels, token_weight=w)
+    keep = torch.tensor([0, 2])
+    assert terms["sft"] == pytest.approx(sft_loss(s[keep], labels[keep]).item(), rel=1e-5)

@@ -201,3 +201,48 @@ def test_bad_model_names_raise_model_load_error(tmp_path):
         load_student(ModelConfig(name=str(tmp_path / "x.gguf")), LoraConfig())
     with pytest.raises(ModelLoadError, match="cannot load"):
         load_student(ModelConfig(name=str(tmp_path / "no-such-dir")), LoraConfig())
+
+
+def test_local_hf_directory_loads_through_the_same_path(tmp_path):
+    """A saved model directory (what an HF id resolves to) loads with its
+    tokenizer's chat template, left padding and both adapters."""
+    from student.tiny import build_tiny_model
+
+    tok = build_tiny_tokenizer()
+    build_tiny_model(tok, seed=5).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    s = load_student(ModelConfig(name=str(tmp_path / "m"), device="cpu"), LoraConfig(r=4))
+    assert set(s.model.peft_config) == {"student", "teacher"}
+    assert render_prompt(s.tokenizer, MESSAGES) == render_prompt(tok, MESSAGES)
+    assert s.tokenizer.padding_side == "left" and s.dtype == torch.float32
+    ref = build_tiny_model(tok, seed=5)
+    ids = torch.tensor([prompt_ids(tok, MESSAGES)])
+    with torch.no_grad():
+        assert torch.allclose(s.model(input_ids=ids).logits, ref(input_ids=ids).logits, atol=1e-6)
+
+
+def test_a_tokenizer_without_chat_template_gets_chatml(tmp_path):
+    from student.tiny import build_tiny_model
+
+    tok = build_tiny_tokenizer()
+    tok.chat_template = None
+    build_tiny_model(tok).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    s = load_student(ModelConfig(name=str(tmp_path / "m"), device="cpu"), LoraConfig())
+    assert render_prompt(s.tokenizer, MESSAGES).endswith("<|im_start|>assistant\n")
+
+
+def test_dtype_and_device_resolution(make_tiny_student):
+    from student.model import resolve_device, resolve_dtype
+
+    s = make_tiny_student(dtype="bfloat16")
+    assert s.dtype == torch.bfloat16
+    assert s.model.get_base_model().model.embed_tokens.weight.dtype == torch.bfloat16
+    from student.generate import generate
+
+    assert len(generate(s, [MESSAGES], max_new_tokens=3)[0]) == 1  # bf16 generation runs
+    assert resolve_dtype(ModelConfig(dtype="auto"), torch.device("cpu")) == torch.float32
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="no CUDA GPU"):
+            resolve_device(ModelConfig(device="cuda"))
+    assert resolve_device(ModelConfig(device="cpu")) == torch.device("cpu")

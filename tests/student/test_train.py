@@ -136,3 +136,23 @@ def test_base_teacher_and_example_weights(make_tiny_student, tmp_path):
     # no EMA with the base teacher: the teacher adapter is untouched
     for k, p in st.adapter_params("teacher").items():
         assert torch.equal(p, teacher_before[k])
+
+
+def test_bf16_auto_rule():
+    from student.train import CPU_BF16_MIN_HIDDEN, _cpu_has_native_bf16, _use_bf16
+
+    cpu = torch.device("cpu")
+    assert not _use_bf16(TrainConfig(bf16="off"), cpu, 4096)
+    assert _use_bf16(TrainConfig(bf16="on"), cpu, 64)
+    assert not _use_bf16(TrainConfig(bf16="auto"), cpu, 64)  # the tiny model stays fp32
+    assert _use_bf16(TrainConfig(bf16="auto"), cpu, CPU_BF16_MIN_HIDDEN) == _cpu_has_native_bf16()
+
+
+def test_full_finetune_trains_with_ema_teacher_copy(make_tiny_student, tmp_path):
+    st = make_tiny_student(full_finetune=True)
+    lc = LossConfig(sft=1.0, kd=1.0, contrastive=0.5, feature=0.5, num_contexts=2, ema_decay=0.5)
+    res = train(st, toy_examples(4), cfg(max_steps=4, checkpoint_every=2), lc, tmp_path / "a", progress=False)
+    assert res.steps == 4
+    again = train(make_tiny_student(full_finetune=True), toy_examples(4), cfg(max_steps=4, checkpoint_every=2), lc,
+                  tmp_path / "a", progress=False)  # resumes from the final checkpoint: nothing left to do
+    assert again.adapter_sha256 == res.adapter_sha256

@@ -169,7 +169,7 @@ def test_masked_key_echoed_by_the_provider_is_not_stored(fake_server, store, mak
     dump = "\n".join(store.conn.iterdump())
     rows_ = [r for r in dump.splitlines() if "sk-SECRE" in r]
     assert not rows_, rows_[:1]
-    assert "Incorrect API" in dump
+    assert "Incorrect API key provided" in dump
 
 
 def test_local_server_without_key_env_gets_a_dummy_key(fake_server, store, make_cfg, monkeypatch):

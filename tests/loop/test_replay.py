@@ -1,0 +1,50 @@
+"""Replay: a run branched from iteration K continues with changed settings.
+Unchanged settings reproduce the datasets with zero teacher requests; an edited
+`refine` template asks the teacher again only for the refinements."""
+
+from __future__ import annotations
+
+import json
+
+from store import Store
+
+from tests.loop.helpers import datasets, run_inprocess
+
+
+def test_replay_unchanged_is_free_and_identical_then_edited_refine_asks_only_refinements(finished, capsys):
+    ws, teacher_server = finished
+    main = datasets(ws)
+    before = teacher_server.requests
+
+    capsys.readouterr()
+    assert run_inprocess(ws, "replay", "main:0", "--name", "same", "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["run"] == "same" and doc["parent_k"] == 0 and doc["iterations"] == [1, 2]
+    assert doc["teacher_requests"] == 0
+    assert teacher_server.requests == before  # counted by the server: nothing was asked
+    assert datasets(ws, "same") == main
+
+    refine = ws / "prompts" / "refine.yaml"
+    refine.write_text(refine.read_text().replace("Write an improved", "Be brief. Write an improved"))
+    n_bodies = len(teacher_server.bodies)
+    assert run_inprocess(ws, "replay", "0", "--name", "edited") == 0
+    new = teacher_server.bodies[n_bodies:]
+    st = Store.open(ws)
+    try:
+        run = st.get_run("edited")
+        asked = sum(st.get_iteration(run["id"], k)["metrics"]["refinements_asked"] for k in (1, 2))
+        versions = {p["id"] for p in st.prompt_versions("refine")}
+    finally:
+        st.close()
+    assert len(new) == asked > 0
+    assert all("Be brief." in json.dumps(b["messages"]) for b in new)  # only refine prompts were sent
+    assert len(versions) == 2  # both template versions are recorded
+    # the fake teacher's refinements do not depend on the wording: same datasets
+    assert datasets(ws, "edited") == main
+
+
+def test_replay_bad_target_and_bad_set_write_nothing(ws, capsys):
+    assert run_inprocess(ws, "replay", "main:0") == 2  # no run yet
+    assert "no run named" in capsys.readouterr().err
+    assert run_inprocess(ws, "replay", "x:y") == 2
+    assert run_inprocess(ws, "replay", "0", "--set", "loop.combine=sideways") == 2
