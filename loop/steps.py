@@ -19,7 +19,7 @@ adapter's sha256), which makes replays of self-taught runs free too.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from student.scoring import answers_equal, extract_answer, is_correct
 
@@ -49,7 +49,7 @@ def answer_questions(o: "Orchestrator", step: str, examples: list[dict], *, n_sa
     tpl = o.templates["student"]
     prompts = [tpl.render(question=e["question"], answer_format=o.fmt) for e in examples]
     out: list[list[str]] = []
-    chunk = max(g.batch_size * 2, 1)
+    chunk = max(g.batch_size, 1)
     o.progress(step, 0, len(prompts))
     for i, part in enumerate(_chunks(prompts, chunk)):
         if not part:
@@ -255,7 +255,7 @@ def _self_teach(o: "Orchestrator", k: int, t, jobs: list[dict], stats: dict) -> 
         outs: list[list[str]] = []
         g = o.cfg.generation
         o.progress("teach", 0, len(prompts))
-        for c, part in enumerate(_chunks(prompts, max(g.batch_size * 2, 1))):
+        for c, part in enumerate(_chunks(prompts, max(g.batch_size, 1))):
             if not part:
                 break
             o.check_stop()
@@ -518,7 +518,9 @@ def evaluate(o: "Orchestrator", k: int) -> dict:
     """Score dev (and the pool when loop.eval_pool) with iteration k's adapter."""
     o.use_adapter(o.adapter_of(k))
     dev = o.store.list_examples("dev")
-    pool = o.pool_examples(k) if o.cfg.loop.eval_pool else []
+    # with mine_limit the pool is scored on the slice the next iteration mines,
+    # so `mine` at k+1 reuses these predictions instead of answering again
+    pool = o.pool_examples(k + 1) if o.cfg.loop.eval_pool else []
     both = dev + pool
     outs = answer_questions(o, "evaluate", both, seed=o.seed(k, 4))
     reference = o.demo_answers(k, [e["id"] for e in pool if e.get("answer") is None]) if pool else {}

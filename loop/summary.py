@@ -84,3 +84,28 @@ def iterations_text(rows: list[dict], baseline: float | None) -> str:
             f"{secs(sum(v for v in times.values() if v) if times else None):>7}  {it.get('stop_reason') or ''}"
         )
     return "\n".join(lines)
+
+
+def step_line(step: str, info: dict) -> str:
+    secs = info.get("seconds")
+    t = f"({secs:.1f}s)" if isinstance(secs, (int, float)) else ""
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    if step == "baseline":
+        return f"dev accuracy {pct(info.get('dev_acc'))} {t}"
+    if step == "mine":
+        return f"{info.get('mined')} pool questions, {info.get('errors')} errors{' (reused eval)' if info.get('reused_eval') else ''} {t}"
+    if step == "teach":
+        return (f"{info.get('asked')} prompts, {len(info.get('rationales', []))} rationales; calls {info.get('calls')}, "
+                f"cached {info.get('cached')}, failed {info.get('failed')}, ${info.get('spend_usd', 0):.4f} {t}")
+    if step == "agree":
+        return f"{info.get('accepted')}/{info.get('rationales')} accepted {t}"
+    if step == "version":
+        return f"{info.get('changed')} examples changed, dataset size {info.get('size')} {t}"
+    if step == "train":
+        return f"{info.get('examples')} examples, {info.get('steps')} steps, loss {info.get('loss_first')} -> {info.get('loss_last')} {t}"
+    if step == "evaluate":
+        return f"dev {pct(info.get('dev_acc'))}, pool {pct(info.get('pool_acc'))} {t}"
+    return t

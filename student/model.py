@@ -188,6 +188,10 @@ class Student:
             cfg = copy.deepcopy(self.model.peft_config[name])
             cfg.base_model_name_or_path = self.model_cfg.name
             cfg.inference_mode = True
+            # peft expands "all-linear" into full module paths; vLLM (and humans)
+            # expect layer names ("q_proj", ...), which match the same modules.
+            if isinstance(cfg.target_modules, (set, list, tuple)):
+                cfg.target_modules = sorted({m.rsplit(".", 1)[-1] for m in cfg.target_modules})
             cfg.save_pretrained(str(directory))
         (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         tmp.replace(directory / WEIGHTS_FILE)

@@ -13,7 +13,7 @@ Formats:
   and "1234.5" are both "1234.5", and "3/4" and ".75" are both "0.75"; a
   fraction without a finite decimal stays "p/q" ("1/3").  Without any marker the
   last number of the text is the answer (``fallback=False`` turns that off).
-- ``choice``: one letter A–E ("Answer: (C)", "#### C", "the answer is c",
+- ``choice``: one letter A–E ("Answer: (C)", "#### C", "the answer is c", "option B",
   "(C)", or a bare "C." reply); returned upper-case.
 - ``text``: the text after the last ``####`` / ``Answer:`` (else the last
   non-empty line), lower-cased, whitespace collapsed, trailing period dropped.
@@ -55,6 +55,10 @@ _MARKERS = [
 
 _CHOICE_IN_MARKER = re.compile(r"^\W*\(?\s*(?P<c>[A-Ea-e])\s*\)?(?![A-Za-z])")
 _PAREN_CHOICE = re.compile(r"\((?P<c>[A-E])\)")
+# "option B" / "choice (b)": a bare letter must be upper-case ("option is a good one").
+_NAMED_CHOICE = re.compile(
+    r"\b(?:[Oo]ption|[Cc]hoice)\s*(?:is\s*)?[:=]?\s*(?:\((?P<p>[A-Ea-e])\)|(?P<c>[A-E])(?![A-Za-z]))"
+)
 _BARE_CHOICE = re.compile(r"^\W*\(?(?P<c>[A-E])\)?[.):]?\s*$")
 
 
@@ -156,6 +160,9 @@ def extract_answer(text: str | None, fmt: Format = "number", *, fallback: bool =
             m = _CHOICE_IN_MARKER.match(tail)
             if m:
                 return m["c"].upper()
+        named = [m["p"] or m["c"] for m in _NAMED_CHOICE.finditer(text)]
+        if named:
+            return named[-1].upper()
         parens = _PAREN_CHOICE.findall(text)
         if parens:
             return parens[-1]

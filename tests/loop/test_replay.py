@@ -48,3 +48,25 @@ def test_replay_bad_target_and_bad_set_write_nothing(ws, capsys):
     assert "no run named" in capsys.readouterr().err
     assert run_inprocess(ws, "replay", "x:y") == 2
     assert run_inprocess(ws, "replay", "0", "--set", "loop.combine=sideways") == 2
+
+
+def test_template_edit_is_picked_up_at_the_next_iteration_and_recorded(ws, teacher_server):
+    """A running loop re-reads templates at every iteration (here: two `run`
+    calls, the second continuing the run after an edit of refine.yaml)."""
+    import prompts
+
+    assert run_inprocess(ws, "run", "--iterations", "1") == 0
+    refine = ws / "prompts" / "refine.yaml"
+    refine.write_text(refine.read_text().replace("Write an improved", "Think twice. Write an improved"))
+    new_version = prompts.load_template("refine", ws).version
+    assert run_inprocess(ws, "run", "--iterations", "2") == 0
+    st = Store.open(ws)
+    try:
+        run = st.get_run("main")
+        keys = [r["teacher_call"] for r in st.list_rationales(run_id=run["id"], k=1)]
+        calls = [st.get_teacher_call(key) for key in keys]
+        assert calls and all(c["prompt_version"] == new_version for c in calls)
+        assert new_version in {p["id"] for p in st.prompt_versions("refine")}
+        assert st.get_iteration(run["id"], 1)["metrics"]["templates"]["refine"] == new_version
+    finally:
+        st.close()

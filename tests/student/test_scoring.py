@@ -111,6 +111,9 @@ def test_answers_equal_numbers(a, b, equal):
         ("I first thought (B) but it is (D)", "D"),
         ("C.", "C"),
         ("(E)", "E"),
+        ("The correct option is B.", "B"),
+        ("the best option is a good guess", None),
+        ("I'd go with choice (A) here", "A"),
         ("A farmer has 3 cows", None),  # the article "A" is not a choice
         ("Answer: Absolutely", None),
         ("", None),

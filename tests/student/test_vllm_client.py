@@ -250,7 +250,8 @@ def test_a_saved_student_adapter_is_what_vllm_expects(tmp_path, tiny_student):
     """The directory save_adapter writes has the two files vLLM reads."""
     d = tiny_student.save_adapter(tmp_path / "iter-3")
     cfg = json.loads((d / "adapter_config.json").read_text())
-    assert cfg["peft_type"] == "LORA" and cfg["r"] == 8 and cfg["target_modules"]
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 8
+    assert sorted(cfg["target_modules"]) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
     with FakeVLLM() as srv, VLLMClient(srv.url) as client:
         client.load_adapter("iter-3", d)
         assert client.generate(PROMPTS[:1], "iter-3")[0][0].startswith("iter-3|q0")

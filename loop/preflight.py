@@ -1,0 +1,48 @@
+"""Input checks that run before a loop writes anything (exit 2 with the fix)."""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import urlsplit
+
+from .errors import UserError
+
+
+def check_teachers(cfg) -> None:
+    """Teacher settings that can be checked without a call: unique names, a
+    model string LiteLLM knows, the API key variable set, api_base reachable
+    (a TCP connect, which costs nothing and is not a teacher request)."""
+    names = [t.name for t in cfg.teachers]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise UserError(f"teachers: the name {sorted(dup)[0]!r} is used twice in distillery.toml; names must be unique")
+    if not cfg.teachers:
+        raise UserError("no [[teachers]] in distillery.toml; add one (model = \"self\" needs no API)")
+    for t in cfg.teachers:
+        if t.is_self:
+            continue
+        try:
+            import litellm
+
+            litellm.get_llm_provider(t.model, api_base=t.api_base)
+        except Exception as e:  # litellm raises a BadRequestError for an unknown provider
+            raise UserError(
+                f"teacher {t.name!r}: unknown model {t.model!r} ({str(e).splitlines()[0][:160]}); use a LiteLLM "
+                "model string such as \"openai/gpt-4o-mini\", \"anthropic/claude-3-5-haiku-latest\", "
+                "or \"openai/<name>\" with api_base for a local OpenAI-compatible server"
+            ) from None
+        if t.api_key_env:
+            import os
+
+            if not os.environ.get(t.api_key_env):
+                raise UserError(f"teacher {t.name!r}: environment variable {t.api_key_env} is not set; export it (api_key_env names it)")
+        if t.api_base:
+            u = urlsplit(t.api_base)
+            host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
+            try:
+                socket.create_connection((host, port), timeout=3).close()
+            except OSError as e:
+                raise UserError(
+                    f"teacher {t.name!r}: cannot reach api_base {t.api_base} ({e.strerror or e}); "
+                    "start the server, or fix api_base in distillery.toml"
+                ) from None
