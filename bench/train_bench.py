@@ -12,8 +12,11 @@ K + negatives no-grad teacher forwards, so its compute ratio to SFT is
 (3 + K + negatives) / 3 (excluding generation: on_policy = 0 here).  The goal
 is that the measured step-time ratio stays within 1.15× of that ratio — i.e.
 the losses, alignment, EMA and bookkeeping cost little beyond the forwards.
-Teacher rows are longer than the student's (their context holds the
-demonstration); the token-weighted compute ratio is printed beside it.
+Two things make that formula optimistic, so the token-weighted ratio is
+printed beside it: teacher rows are longer than the student's (their context
+holds the demonstration before y, ~1.45x here), and with LoRA the frozen base
+gets no weight gradients, so a student step costs nearer 2.4 forwards than 3
+(measured on the tiny model: backward ≈ 1.4x forward).
 
 Also: batched generation tokens/s vs one question at a time (student/generate.py),
 and CPU bf16 autocast vs fp32 step time (the evidence for TrainConfig.bf16 =

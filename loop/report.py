@@ -14,7 +14,7 @@ import math
 from html import escape
 from pathlib import Path
 
-from .summary import pct, secs, signed_pts
+from .summary import _num, pct, secs, signed_pts
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#1d232a;padding:0 16px}
@@ -167,7 +167,7 @@ def build_report(store, run_name: str | None) -> str:
         times = m.get("times") or {}
         h.append(f"<p class=meta>dev {pct(m.get('dev_acc'))} ({signed_pts(m.get('delta'))}) · errors {m.get('errors')} "
                  f"· refinements {m.get('refinements_asked', 0)} asked, {m.get('refinements_accepted', 0)} accepted · "
-                 f"train loss {m.get('loss_first')} → {m.get('loss_last')} · "
+                 f"train loss {_num(m.get('loss_first'))} → {_num(m.get('loss_last'))} · "
                  + escape(", ".join(f"{s} {secs(v)}" for s, v in times.items())) + "</p>")
         now = _preds(store, run, it, "eval")
         fixed, broken = m.get("fixed") or [], m.get("broken") or []

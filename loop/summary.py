@@ -105,7 +105,7 @@ def step_line(step: str, info: dict) -> str:
     if step == "version":
         return f"{info.get('changed')} examples changed, dataset size {info.get('size')} {t}"
     if step == "train":
-        return f"{info.get('examples')} examples, {info.get('steps')} steps, loss {info.get('loss_first')} -> {info.get('loss_last')} {t}"
+        return f"{info.get('examples')} examples, {info.get('steps')} steps, loss {_num(info.get('loss_first'))} -> {_num(info.get('loss_last'))} {t}"
     if step == "evaluate":
         return f"dev {pct(info.get('dev_acc'))}, pool {pct(info.get('pool_acc'))} {t}"
     return t
