@@ -14,7 +14,7 @@ import math
 from html import escape
 from pathlib import Path
 
-from .summary import _num, pct, secs, signed_pts
+from .summary import _num, _ordered, pct, secs, signed_pts
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#1d232a;padding:0 16px}
@@ -139,7 +139,7 @@ def build_report(store, run_name: str | None) -> str:
         m = it["metrics"]
         d = m.get("delta")
         cls = "up" if (d or 0) > 0 else "down" if (d or 0) < 0 else ""
-        times = m.get("times") or {}
+        times = _ordered(m.get("times") or {})
         tt = sum(v for v in times.values() if v)
         inh = " <span class=tag>inherited</span>" if it.get("inherited_from") else ""
         h.append(
@@ -164,7 +164,7 @@ def build_report(store, run_name: str | None) -> str:
         if i + 1 < len(its):
             nav.append(f"<a href='#iter-{its[i + 1]['k']}'>iteration {its[i + 1]['k']} →</a>")
         h.append(f"<h2 id='iter-{k}'>Iteration {k}</h2><nav>{' '.join(nav)}</nav>")
-        times = m.get("times") or {}
+        times = _ordered(m.get("times") or {})
         h.append(f"<p class=meta>dev {pct(m.get('dev_acc'))} ({signed_pts(m.get('delta'))}) · errors {m.get('errors')} "
                  f"· refinements {m.get('refinements_asked', 0)} asked, {m.get('refinements_accepted', 0)} accepted · "
                  f"train loss {_num(m.get('loss_first'))} → {_num(m.get('loss_last'))} · "

@@ -9,6 +9,14 @@ from rich.console import Console
 from rich.table import Table
 
 
+STEP_ORDER = ("baseline", "mine", "teach", "agree", "version", "train", "evaluate", "commit")
+
+
+def _ordered(times: dict) -> dict:
+    """Step timings in the order the steps run (stored JSON sorts keys)."""
+    return {s: times[s] for s in STEP_ORDER if s in times} | {s: v for s, v in times.items() if s not in STEP_ORDER}
+
+
 def pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -39,7 +47,7 @@ def print_iteration(console: Console, k: int, m: dict, reason: str | None) -> No
     t.add_row("teachers", f"{m.get('teacher_calls')} new calls, {m.get('teacher_cached')} cached, "
               f"{m.get('teacher_failed')} failed; spend ${m.get('spend_usd') or 0:.4f} (run ${m.get('spend_total_usd') or 0:.4f})")
     t.add_row("training", f"{m.get('train_steps')} steps, loss {_num(m.get('loss_first'))} -> {_num(m.get('loss_last'))}")
-    times = m.get("times") or {}
+    times = _ordered(m.get("times") or {})
     t.add_row("time", ", ".join(f"{s} {secs(v)}" for s, v in times.items() if v is not None)
               + f"  (total {secs(sum(v for v in times.values() if v))})")
     if m.get("fixed") or m.get("broken"):
@@ -54,16 +62,19 @@ def _num(x) -> str:
 
 
 def iterations_table(rows: list[dict], title: str | None = None) -> Table:
-    """rows: iteration records (list_iterations / get_iteration) with metrics."""
+    """rows: iteration records (list_iterations / get_iteration) with metrics.
+    `refined` is refinements accepted/asked."""
     t = Table(title=title)
-    for col in ("k", "dev acc", "change", "errors", "refined (asked/accepted)", "dataset", "spend $", "time", "stop"):
+    for col in ("k", "dev acc", "change", "errors", "refined", "dataset", "spend $", "time", "stop"):
         t.add_column(col, justify="right" if col not in ("stop",) else "left")
+    if rows and (rows[0].get("metrics") or {}).get("baseline_dev_acc") is not None:
+        t.add_row("base", pct(rows[0]["metrics"]["baseline_dev_acc"]), "", "", "", "", "", "", "")
     for it in rows:
         m = it.get("metrics") or {}
-        times = m.get("times") or {}
+        times = _ordered(m.get("times") or {})
         t.add_row(
             str(it["k"]), pct(m.get("dev_acc")), signed_pts(m.get("delta")), str(m.get("errors", "-")),
-            f"{m.get('refinements_asked', 0)}/{m.get('refinements_accepted', 0)}", str(m.get("dataset_size", "-")),
+            f"{m.get('refinements_accepted', 0)}/{m.get('refinements_asked', 0)}", str(m.get("dataset_size", "-")),
             f"{m.get('spend_usd') or 0:.4f}", secs(sum(v for v in times.values() if v) if times else None),
             it.get("stop_reason") or "",
         )
@@ -76,7 +87,7 @@ def iterations_text(rows: list[dict], baseline: float | None) -> str:
     lines.append(f"{'base':>3} {pct(baseline):>8}")
     for it in rows:
         m = it.get("metrics") or {}
-        times = m.get("times") or {}
+        times = _ordered(m.get("times") or {})
         lines.append(
             f"{it['k']:>3} {pct(m.get('dev_acc')):>8} {signed_pts(m.get('delta')):>10} {str(m.get('errors', '-')):>7} "
             f"{str(m.get('refinements_asked', 0)) + '/' + str(m.get('refinements_accepted', 0)):>9} "

@@ -19,7 +19,7 @@ import time
 from tests.fakeserver import FakeOpenAIServer
 from tests.loop.helpers import cli, datasets, make_workspace, popen, run_inprocess, teacher_answer
 
-INJECTED = ["teach:0:inside", "version:0:inside", "commit:0:inside", "mine:1:after", "agree:1:inside"]
+INJECTED = ["baseline:0:inside", "teach:0:inside", "version:0:inside", "commit:0:inside", "mine:1:after"]
 RANDOM_STEPS = [(1, "teach"), (1, "train"), (1, "evaluate"), (2, "teach"), (2, "train")]
 
 

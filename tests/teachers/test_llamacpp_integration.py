@@ -45,7 +45,11 @@ def llama_server(tmp_path_factory):
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
-             "--port", str(port), "--model_alias", "smollm2", "--n_ctx", "2048", "--n_threads", "2"],
+             "--port", str(port), "--model_alias", "smollm2", "--n_ctx", "2048",
+             # One thread: llama.cpp's worker threads spin on a barrier, and on a
+             # 2-core machine shared with pytest a preempted worker stalls every
+             # token (seen: 48 tokens in 170 s with 2 threads, 1 s with 1).
+             "--n_threads", "1", "--n_threads_batch", "1"],
             stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{port}/v1"
     try:
