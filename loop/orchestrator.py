@@ -327,7 +327,10 @@ class Orchestrator:
             raise StopRequested()
 
     def progress(self, step: str, done: int, total: int | None) -> None:
-        self.hb.update(step=step, progress={"done": done, "total": total})
+        # the first and last update of a phase are always written; the ones in
+        # between at most every heartbeat.min_interval
+        self.hb.update(step=step, progress={"done": done, "total": total},
+                       force=done == 0 or (total is not None and done >= total))
 
     def commit_step(self, k: int, step: str, info: dict, write: Callable[[], Any]) -> None:
         """The step's writes and its `finish_step` in one transaction."""
