@@ -77,8 +77,6 @@ def register(app: typer.Typer) -> None:
             _summary(console, st, outcome)
         finally:
             st.close()
-        if outcome.status == "stopped":
-            console.print("stopped; `distillery run` resumes where it left off")
 
     @app.command("stop")
     def stop_cmd(

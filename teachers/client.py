@@ -76,6 +76,29 @@ def safe_api_base(api_base: str | None) -> str | None:
     return urlunsplit(parts)
 
 
+def litellm_pricing(cfg: TeacherConfig, p: tuple[float, float] | None) -> dict[str, Any]:
+    """Per-call prices handed to LiteLLM so that its own cost bookkeeping (which
+    runs on every response, whether we read it or not) prices from them instead
+    of searching its model table.  For a model outside the table that search
+    fails and is not cached, so it is repeated on every call and costs more CPU
+    than the rest of the response handling.  Only where our cost does not come
+    from LiteLLM: configured prices (call_cost computes them itself) or a model
+    with no price at all (free, cost 0).  A model in the table gets nothing, so
+    LiteLLM's own figure (cached-token discounts included) is still the one we
+    record.  The same prices also go in as the deployment's `model_info` (the
+    way LiteLLM's Router prices a deployment): its zero-cost diagnostic and
+    billed-rate lookups then read them instead of searching the table again.
+    These are LiteLLM parameters, never sent to the provider."""
+    if cfg.input_cost_per_token is not None or cfg.output_cost_per_token is not None:
+        rates = {"input_cost_per_token": cfg.input_cost_per_token or 0.0,
+                 "output_cost_per_token": cfg.output_cost_per_token or 0.0}
+    elif p is None:
+        rates = {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0}
+    else:
+        return {}
+    return {**rates, "litellm_metadata": {"model_info": dict(rates)}}
+
+
 class TeacherClient:
     def __init__(self, cfg: TeacherConfig, store: Any, budget: Budget | None = None) -> None:
         if cfg.is_self:
@@ -182,7 +205,10 @@ class TeacherClient:
                     try:
                         resp = await litellm.acompletion(
                             model=cfg.model, messages=messages, api_base=cfg.api_base, api_key=api_key,
-                            timeout=cfg.timeout_s, max_retries=0, num_retries=0, **params)
+                            timeout=cfg.timeout_s, max_retries=0, num_retries=0,
+                            # fresh per call (LiteLLM may add to the metadata dict it is given);
+                            # a key the teacher's `extra` also sets is the teacher's
+                            **{**litellm_pricing(cfg, self._prices), **params})
                     except Exception as e:  # the boundary: LiteLLM/OpenAI/httpx errors become ours
                         raise translate(e, teacher=cfg.name, model=cfg.model, api_base=safe_api_base(cfg.api_base),
                                         api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s) from None
