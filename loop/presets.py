@@ -21,9 +21,9 @@ run_name = "main"          # the run `distillery run` creates or resumes
 [task]
 kind = "arithmetic"        # "arithmetic" (built in) | "jsonl" (what `distillery data add` imported)
 answer_format = "number"   # "number" | "choice" | "text"
-pool_size = 64             # training questions generated
+pool_size = 24             # training questions generated
 dev_size = 20              # held-out questions to measure accuracy
-difficulty = 2             # operations per problem (1-6)
+difficulty = 1             # operations per problem (1-6)
 max_number = 10            # largest starting value / operand
 seed = 0
 
@@ -74,7 +74,7 @@ temperature = 0.7
 [loop]
 max_iterations = 3
 patience = 2
-combine = "replace"        # "replace" | "accumulate" demonstrations of an example
+combine = "accumulate"     # "replace" | "accumulate" demonstrations of an example
 mine_limit = 24            # pool questions mined (and refined) per iteration, rotating through the pool
 gold_fallback = true       # train on the task's gold rationale where no teacher rationale was accepted yet
 """

@@ -91,18 +91,18 @@ DEMO = PRESETS["demo"]
 
 # (distillery.toml text, the key or problem the message names, line it must name)
 BAD_TOML = {
-    "syntax_missing_value": (DEMO.replace("pool_size = 64", "pool_size ="), "invalid TOML", "pool_size ="),
+    "syntax_missing_value": (DEMO.replace("pool_size = 24", "pool_size ="), "invalid TOML", "pool_size ="),
     "syntax_duplicate_key": (DEMO.replace("seed = 0\n", "seed = 0\nseed = 1\n", 1), "invalid TOML", "seed = 1"),
     "unknown_table": (DEMO + "\n[bogus]\nx = 1\n", "unknown key 'bogus'", "[bogus]"),
     "unknown_key": (DEMO.replace("[loss]\n", "[loss]\nalphaa = 0.1\n"), "unknown key 'loss.alphaa'; valid keys of [loss]: sft", "alphaa = 0.1"),
     "out_of_range": (DEMO.replace("alpha = 0.5 ", "alpha = 1.5 "), "loss.alpha = 1.5", "alpha = 1.5"),
-    "bad_literal": (DEMO.replace('combine = "replace"', 'combine = "mix"'), "allowed: 'replace' or 'accumulate'", 'combine = "mix"'),
+    "bad_literal": (DEMO.replace('combine = "accumulate"', 'combine = "mix"'), "allowed: 'replace' or 'accumulate'", 'combine = "mix"'),
     "wrong_type": (DEMO.replace("lr = 1e-3", 'lr = "fast"'), "train.lr = 'fast'", 'lr = "fast"'),
     "teacher_missing_model": (DEMO.replace('model = "self"\n', ""), "missing required key 'teachers[0].model'", "[[teachers]]"),
     "teacher_unknown_key": (DEMO.replace("samples = 2", "samples = 2\nkey = 'sk-x'"), "unknown key 'teachers[0].key'", "key = 'sk-x'"),
     "teacher_bad_name": (DEMO.replace('name = "self"', 'name = "my teacher"'), "teachers[0].name", 'name = "my teacher"'),
     "device_literal": (DEMO.replace('device = "cpu"', 'device = "tpu"'), "allowed: 'auto' or 'cpu' or 'cuda'", 'device = "tpu"'),
-    "difficulty_zero": (DEMO.replace("difficulty = 2", "difficulty = 0"), "allowed: an integer ≥ 1 and ≤ 6", "difficulty = 0"),
+    "difficulty_zero": (DEMO.replace("difficulty = 1", "difficulty = 0"), "allowed: an integer ≥ 1 and ≤ 6", "difficulty = 0"),
     "table_not_table": (DEMO.replace("[loss]\n", "[lossy]\n").replace("preset = \"demo\"", "loss = 3\npreset = \"demo\""), "loss = 3", "loss = 3"),
     "top_p_zero": (DEMO.replace("n_samples = 0", "n_samples = 0\ntop_p = 0"), "generation.top_p", "top_p = 0"),
 }
