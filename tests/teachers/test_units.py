@@ -89,3 +89,25 @@ def test_fake_server_in_a_subprocess_counts_requests():
         assert srv.requests == 2
         srv.reset_counts()
         assert srv.requests == 0
+
+
+def test_litellm_pricing_only_where_our_cost_does_not_come_from_litellm():
+    from teachers.budget import prices
+    from teachers.client import litellm_pricing
+    from teachers.config import TeacherConfig
+
+    configured = TeacherConfig(name="local", model="openai/local", input_cost_per_token=1e-6)
+    got = litellm_pricing(configured, prices(configured))
+    assert got["input_cost_per_token"] == 1e-6 and got["output_cost_per_token"] == 0.0
+    assert got["litellm_metadata"] == {"model_info": {"input_cost_per_token": 1e-6, "output_cost_per_token": 0.0}}
+    # the metadata dict is a copy: LiteLLM mutating it cannot change the rates we pass
+    assert got["litellm_metadata"]["model_info"] is not got
+
+    unknown = TeacherConfig(name="x", model="openai/not-a-real-model-xyz")
+    assert prices(unknown) is None
+    assert litellm_pricing(unknown, None)["input_cost_per_token"] == 0.0
+
+    # a model in LiteLLM's price table keeps LiteLLM's own pricing
+    known = TeacherConfig(name="mini", model="openai/gpt-4o-mini")
+    assert prices(known) is not None
+    assert litellm_pricing(known, prices(known)) == {}
