@@ -392,10 +392,6 @@ def version(o: "Orchestrator", k: int) -> dict:
             changes[eid] = [(r, 1.0) for r in merged]
         else:
             changes[eid] = [(r, 1.0) for r in rids]
-    # An accepted rationale can be one the example already has (rationale ids
-    # are content hashes: a self teacher that memorised its demonstration
-    # writes it again word for word).  That is no change, and is not counted.
-    changes = {eid: demos for eid, demos in changes.items() if list(prev.get(eid, [])) != demos}
     gold_added = 0
     gold_writes = []
     if o.cfg.loop.gold_fallback:
@@ -482,19 +478,15 @@ def train_step(o: "Orchestrator", k: int) -> dict:
 
     examples = build_train_examples(o, k)
     out_dir = o.iter_dir(k)
-    if not examples or _same_training_as_before(o, k):
-        # Nothing accepted yet, or version k equals version k-1 and this run
-        # already trained k-1's adapter on it with these settings: training
-        # again would only add epochs on the same data (seen to overfit the
-        # demo), so the adapter of k-1 carries over unchanged.
+    if not examples:
+        # nothing accepted yet: the adapter of k-1 carries over unchanged
         src = o.adapter_before(k)
         o.use_adapter(src)
         adapter_dir = out_dir / "adapter"
         o.student.save_adapter(adapter_dir, "student")
         sha = o.adapter_sha(adapter_dir)
         o.loaded_adapter = o.rel(adapter_dir)
-        info = {"examples": len(examples), "steps": 0, "adapter": o.rel(adapter_dir), "adapter_sha256": sha,
-                "skipped": True}
+        info = {"examples": 0, "steps": 0, "adapter": o.rel(adapter_dir), "adapter_sha256": sha, "skipped": True}
         o.commit_step(k, "train", info, lambda: None)
         return info
     start = o.adapter_before(k) if o.cfg.train.warm_start else None
@@ -517,16 +509,6 @@ def train_step(o: "Orchestrator", k: int) -> dict:
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
     o.commit_step(k, "train", info, lambda: None)
     return info
-
-
-def _same_training_as_before(o: "Orchestrator", k: int) -> bool:
-    """True when training k would repeat k-1's training: the dataset did not
-    change at k, k-1 was trained by this run (a replay's first iteration has
-    new settings, so it always trains), training is warm-started and
-    off-policy (on-policy batches would sample new completions)."""
-    if k <= o.first_k() or not o.cfg.train.warm_start or o.cfg.loss.on_policy > 0:
-        return False
-    return not o.store.changed_examples(o.run_id, k)
 
 
 # --------------------------------------------------------------------------- evaluate
