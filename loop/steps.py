@@ -392,6 +392,10 @@ def version(o: "Orchestrator", k: int) -> dict:
             changes[eid] = [(r, 1.0) for r in merged]
         else:
             changes[eid] = [(r, 1.0) for r in rids]
+    # An accepted rationale can be one the example already has (rationale ids
+    # are content hashes: a self teacher that memorised its demonstration
+    # writes it again word for word).  That is no change, and is not counted.
+    changes = {eid: demos for eid, demos in changes.items() if list(prev.get(eid, [])) != demos}
     gold_added = 0
     gold_writes = []
     if o.cfg.loop.gold_fallback:
