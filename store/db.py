@@ -64,31 +64,25 @@ class Store(RecordsMixin, VersionsMixin, ViewsMixin):
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (re-entrant: nested calls join the outer one)."""
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield self.conn
-                finally:
-                    self._depth -= 1
-                return
-            self.conn.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield self.conn
-            except BaseException:
-                self._depth = 0
-                self.conn.execute("ROLLBACK")
-                raise
-            self._depth = 0
-            self.conn.execute("COMMIT")
+        """One write transaction (re-entrant: nested calls join the outer one);
+        rolled back if the block raises."""
+        with self._txn("BEGIN IMMEDIATE", rollback_on_error=True) as conn:
+            yield conn
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
         """One read transaction: every query inside sees the same committed
         state (WAL), so a reader never sees half of a writer's transaction
         across several queries.  Joins an enclosing transaction/snapshot."""
+        with self._txn("BEGIN DEFERRED", rollback_on_error=False) as conn:
+            # The snapshot starts at the first read, so read now.
+            conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()
+            yield conn
+
+    @contextmanager
+    def _txn(self, begin: str, *, rollback_on_error: bool) -> Iterator[sqlite3.Connection]:
+        """The nesting shared by transaction() and snapshot(): the outermost
+        call begins and ends the SQLite transaction, inner calls join it."""
         with self._lock:
             if self._depth:
                 self._depth += 1
@@ -97,15 +91,16 @@ class Store(RecordsMixin, VersionsMixin, ViewsMixin):
                 finally:
                     self._depth -= 1
                 return
-            self.conn.execute("BEGIN DEFERRED")
+            self.conn.execute(begin)
             self._depth = 1
             try:
-                # The snapshot starts at the first read, so read now.
-                self.conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()
                 yield self.conn
-            finally:
+            except BaseException:
                 self._depth = 0
-                self.conn.execute("COMMIT")
+                self.conn.execute("ROLLBACK" if rollback_on_error else "COMMIT")
+                raise
+            self._depth = 0
+            self.conn.execute("COMMIT")
 
     # -- content-addressed text ------------------------------------------
     def put_text(self, body: str) -> str:
