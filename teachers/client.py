@@ -110,6 +110,7 @@ class TeacherClient:
         self._limiter: RateLimiter | None = None
         self._limiter_loop: asyncio.AbstractEventLoop | None = None
         self.http_attempts = 0  # every LiteLLM request this client made
+        self._latency_s: float | None = None  # pacing's latency average, kept across event loops
         self._prices = prices(cfg)  # looked up once: LiteLLM's table lookups are slow for unknown models
 
     # -- parameters ---------------------------------------------------------
@@ -140,7 +141,8 @@ class TeacherClient:
         # asyncio primitives belong to one event loop; a new loop gets fresh ones.
         loop = asyncio.get_running_loop()
         if self._limiter is None or self._limiter_loop is not loop:
-            self._limiter = RateLimiter(self.cfg.rpm, self.cfg.tpm, self.cfg.max_concurrency)
+            self._limiter = RateLimiter(self.cfg.rpm, self.cfg.tpm, self.cfg.max_concurrency,
+                                        latency_s=self._latency_s)
             self._limiter_loop = loop
         return self._limiter
 
@@ -213,6 +215,8 @@ class TeacherClient:
                         raise translate(e, teacher=cfg.name, model=cfg.model, api_base=safe_api_base(cfg.api_base),
                                         api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s) from None
                     latency = time.perf_counter() - t0
+                    self.limiter.observe_latency(latency)
+                    self._latency_s = self.limiter.latency_s
                 usage = getattr(resp, "usage", None)
                 self.limiter.settle_tokens(est_tokens, getattr(usage, "total_tokens", None))
                 try:

@@ -22,7 +22,9 @@ from teachers.errors import (
     retry_after_seconds,
     translate,
 )
-from teachers.limits import TokenBucket
+from teachers import TeacherPool, TeacherRequest
+from teachers.limits import MAX_START_INTERVAL_S, RateLimiter, TokenBucket
+from teachers.pool import gc_frozen
 from tests.fakeserver import FakeServerProcess
 
 
@@ -73,6 +75,82 @@ def test_token_bucket_rate():
         return time.perf_counter() - t0
 
     assert asyncio.run(go()) >= 0.45  # 5 from the burst, then 10 at 20/s
+
+
+def _start_times(limiter: RateLimiter, n: int) -> list[float]:
+    """Start n calls at once through the limiter; the times their slots opened."""
+    async def go() -> list[float]:
+        starts: list[float] = []
+
+        async def call() -> None:
+            async with limiter.slot(10):
+                starts.append(time.perf_counter())
+                await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(call() for _ in range(n)))
+        return starts
+
+    return asyncio.run(go())
+
+
+def test_pacing_spreads_call_starts_once_a_latency_is_known():
+    # no latency seen yet: the first wave starts at once (nothing to pace by)
+    fresh = RateLimiter(None, None, 4)
+    assert fresh.start_interval == 0.0
+    starts = _start_times(fresh, 4)
+    assert max(starts) - min(starts) < 0.04
+    # a 0.4 s teacher with 4 slots: starts at least 0.4 / (2·4) = 50 ms apart... capped
+    paced = RateLimiter(None, None, 4, latency_s=0.4)
+    assert paced.start_interval == MAX_START_INTERVAL_S
+    starts = sorted(_start_times(paced, 4))
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert min(gaps) >= MAX_START_INTERVAL_S * 0.9, gaps
+    # below the cap the interval is latency / (2 · concurrency), from a running average
+    fast = RateLimiter(None, None, 8)
+    fast.observe_latency(0.16)
+    assert fast.start_interval == pytest.approx(0.01)
+    fast.observe_latency(0.36)  # newest weighs 0.2: 0.16 + 0.2 · 0.2 = 0.2
+    assert fast.latency_s == pytest.approx(0.2)
+    assert fast.start_interval == pytest.approx(0.0125)
+
+
+def test_gc_frozen_scopes_the_freeze_to_the_batch_and_leaves_an_outer_one_alone():
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    with gc_frozen():
+        inside = gc.get_freeze_count()
+        with gc_frozen():  # a nested pool shares the freeze
+            assert gc.get_freeze_count() == inside
+        assert gc.get_freeze_count() == inside
+    assert inside > 0
+    assert gc.get_freeze_count() == 0  # everything handed back to the collector
+    gc.freeze()  # the application's own freeze is not ours to undo
+    try:
+        outer = gc.get_freeze_count()
+        with gc_frozen():
+            pass
+        assert gc.get_freeze_count() == outer
+    finally:
+        gc.unfreeze()
+
+
+def test_pool_runs_its_batch_with_the_gc_frozen(store, fake_server, make_cfg):
+    import gc
+
+    seen: list[int] = []
+    pool = TeacherPool([make_cfg(fake_server)], store)
+    client = pool.clients["fake"]
+    real = client.complete
+
+    async def spy(*a, **k):
+        seen.append(gc.get_freeze_count())
+        return await real(*a, **k)
+
+    client.complete = spy
+    out = pool.run_sync([TeacherRequest("fake", [{"role": "user", "content": f"q{i}"}]) for i in range(3)])
+    assert [r.status for r in out] == ["ok"] * 3
+    assert seen and min(seen) > 0 and gc.get_freeze_count() == 0
 
 
 def test_teachers_and_prompts_never_import_torch():
