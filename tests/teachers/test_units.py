@@ -117,20 +117,19 @@ def test_pacing_spreads_call_starts_once_a_latency_is_known():
 def test_gc_frozen_scopes_the_freeze_to_the_batch_and_leaves_an_outer_one_alone():
     import gc
 
+    # (counts are compared > 0, not equal: a frozen object freed by refcount leaves the count)
     assert gc.get_freeze_count() == 0
     with gc_frozen():
-        inside = gc.get_freeze_count()
+        assert gc.get_freeze_count() > 0
         with gc_frozen():  # a nested pool shares the freeze
-            assert gc.get_freeze_count() == inside
-        assert gc.get_freeze_count() == inside
-    assert inside > 0
+            assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() > 0  # the inner exit did not unfreeze the outer batch
     assert gc.get_freeze_count() == 0  # everything handed back to the collector
     gc.freeze()  # the application's own freeze is not ours to undo
     try:
-        outer = gc.get_freeze_count()
         with gc_frozen():
             pass
-        assert gc.get_freeze_count() == outer
+        assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
 
