@@ -35,7 +35,9 @@ def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows → (ids, attention mask) [R, W] on `device`, padded on the left so
+    every row's last token sits in the last column (where generation continues)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -112,7 +114,7 @@ def generate_ids(
     out: list[list[list[int]]] = [[] for _ in prompts]
 
     def run(module, idx: list[int], cfg, n: int) -> list[list[list[int]]]:
-        ids, mask = _left_pad([encoded[i] for i in idx], tok.pad_token_id, student.device)
+        ids, mask = left_pad([encoded[i] for i in idx], tok.pad_token_id, student.device)
         seqs = module.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
         new = seqs[:, ids.shape[1] :].tolist()
         return [[_cut_at_eos(new[k * n + j], eos) for j in range(n)] for k in range(len(idx))]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from student.data import Batch, TrainExample, encode
+from student.generate import left_pad
 from student.model import Student, prompt_ids
 
 
@@ -177,14 +178,8 @@ def sample_completions(
     it was reached).  Batched, left-padded, KV cache; the global RNG is forked
     so sampling neither depends on nor disturbs the training stream."""
     tok = student.tokenizer
-    rows = [prompt_ids(tok, ex.prompt) for ex in examples]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-    att = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):  # left padding: every prompt ends at the same column
-        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        att[i, width - len(r) :] = 1
-    enc = {"input_ids": ids.to(student.device), "attention_mask": att.to(student.device)}
+    ids, att = left_pad([prompt_ids(tok, ex.prompt) for ex in examples], tok.pad_token_id, student.device)
+    enc = {"input_ids": ids, "attention_mask": att}
     with student.use_adapter("student") as model, torch.random.fork_rng(devices=_rng_devices(student)):
         torch.manual_seed(seed)
         was_training = model.training

@@ -110,7 +110,6 @@ class TeacherClient:
         self._limiter: RateLimiter | None = None
         self._limiter_loop: asyncio.AbstractEventLoop | None = None
         self.http_attempts = 0  # every LiteLLM request this client made
-        self._latency_s: float | None = None  # pacing's latency average, kept across event loops
         self._prices = prices(cfg)  # looked up once: LiteLLM's table lookups are slow for unknown models
 
     # -- parameters ---------------------------------------------------------
@@ -141,8 +140,9 @@ class TeacherClient:
         # asyncio primitives belong to one event loop; a new loop gets fresh ones.
         loop = asyncio.get_running_loop()
         if self._limiter is None or self._limiter_loop is not loop:
+            # the pacing's latency average carries over to the new loop's limiter
             self._limiter = RateLimiter(self.cfg.rpm, self.cfg.tpm, self.cfg.max_concurrency,
-                                        latency_s=self._latency_s)
+                                        latency_s=self._limiter.latency_s if self._limiter else None)
             self._limiter_loop = loop
         return self._limiter
 
@@ -216,7 +216,6 @@ class TeacherClient:
                                         api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s) from None
                     latency = time.perf_counter() - t0
                     self.limiter.observe_latency(latency)
-                    self._latency_s = self.limiter.latency_s
                 usage = getattr(resp, "usage", None)
                 self.limiter.settle_tokens(est_tokens, getattr(usage, "total_tokens", None))
                 try:

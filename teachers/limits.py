@@ -73,7 +73,7 @@ class RateLimiter:
     """requests/min + tokens/min + max concurrency (+ start pacing) for one teacher."""
 
     def __init__(self, rpm: float | None, tpm: float | None, max_concurrency: int, *,
-                 latency_s: float | None = None, clock=time.monotonic) -> None:
+                 latency_s: float | None = None) -> None:
         self.requests = TokenBucket(rpm, max(1.0, rpm / 60.0)) if rpm else None
         # tokens/min: allow a burst of one second's tokens, but at least one large request.
         self.tokens = TokenBucket(tpm, max(tpm / 60.0, 1.0)) if tpm else None
@@ -82,7 +82,6 @@ class RateLimiter:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.latency_s = latency_s  # running average of successful calls; None until one is seen
-        self._clock = clock
         self._next_start = 0.0
 
     def observe_latency(self, seconds: float) -> None:
@@ -112,7 +111,7 @@ class RateLimiter:
             try:
                 interval = self.start_interval
                 if interval > 0:  # reserve the next start time in arrival order
-                    now = self._clock()
+                    now = time.monotonic()
                     start = max(now, self._next_start)
                     self._next_start = start + interval
                     if start > now:
