@@ -9,7 +9,6 @@ teacher call or a run can always say which exact text produced it.
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -97,16 +96,9 @@ def copy_defaults(dest_dir: str | Path, *, overwrite: bool = False) -> list[Path
 
 
 def record_prompt_version(store: Any, template: Template) -> str:
-    """Insert this template version into prompt_versions (idempotent); return its id."""
-    if hasattr(store, "record_prompt_version"):  # the store's own domain API: same table, same id
-        return store.record_prompt_version(template.name, template.body)
-    vid = template.version
-    with store.transaction() as conn:
-        conn.execute(
-            "INSERT OR IGNORE INTO prompt_versions (id, name, body, created) VALUES (?, ?, ?, ?)",
-            (vid, template.name, template.body, datetime.now(timezone.utc).isoformat(timespec="milliseconds")),
-        )
-    return vid
+    """Insert this template version into prompt_versions (idempotent); return its
+    id (`template.version`: the sha256 of the body, as the store computes it)."""
+    return store.record_prompt_version(template.name, template.body)
 
 
 def _check_name(name: str) -> None:

@@ -48,35 +48,27 @@ def prices(cfg: TeacherConfig) -> tuple[float, float] | None:
     return (float(inp or 0.0), float(out or 0.0))
 
 
-_UNSET: Any = object()
-
-
-def estimate_cost(cfg: TeacherConfig, messages: list[dict], p: tuple[float, float] | None = _UNSET) -> float:
-    """Worst-case cost of one call (`p`: prices(cfg), passed in by callers that cache it)."""
-    if p is _UNSET:
-        p = prices(cfg)
+def estimate_cost(cfg: TeacherConfig, messages: list[dict], p: tuple[float, float] | None) -> float:
+    """Worst-case cost of one call at prices `p` (= prices(cfg), which callers look up once)."""
     if p is None:
         return 0.0
     return estimate_prompt_tokens(messages) * p[0] + cfg.max_tokens * p[1]
 
 
 def call_cost(cfg: TeacherConfig, response: Any, prompt_tokens: int | None, completion_tokens: int | None,
-              p: tuple[float, float] | None = _UNSET) -> float:
-    """Actual cost of a finished call: configured prices first; else the cost
-    LiteLLM already computed for the response (its price table, including
-    cached-token discounts); else the table's per-token prices; else 0."""
-    if cfg.input_cost_per_token is not None or cfg.output_cost_per_token is not None:
-        return (prompt_tokens or 0) * (cfg.input_cost_per_token or 0.0) + (completion_tokens or 0) * (
-            cfg.output_cost_per_token or 0.0
-        )
-    if p is _UNSET:
-        p = prices(cfg)
+              p: tuple[float, float] | None) -> float:
+    """Actual cost of a finished call at prices `p` (= prices(cfg)): configured
+    prices first; else the cost LiteLLM already computed for the response (its
+    price table, including cached-token discounts); else the table's per-token
+    prices; else 0 (an unknown model without configured prices: a local/free server)."""
     if p is None:
-        return 0.0  # unknown model, no configured prices: a local/free server
-    hidden = getattr(response, "_hidden_params", None) or {}
-    stamped = hidden.get("response_cost") if isinstance(hidden, dict) else getattr(hidden, "response_cost", None)
-    if stamped is not None:
-        return float(stamped)
+        return 0.0
+    configured = cfg.input_cost_per_token is not None or cfg.output_cost_per_token is not None
+    if not configured:
+        hidden = getattr(response, "_hidden_params", None) or {}
+        stamped = hidden.get("response_cost") if isinstance(hidden, dict) else getattr(hidden, "response_cost", None)
+        if stamped is not None:
+            return float(stamped)
     return (prompt_tokens or 0) * p[0] + (completion_tokens or 0) * p[1]
 
 

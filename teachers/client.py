@@ -17,6 +17,7 @@ that every HTTP attempt is one of ours: counted, backed off, and bounded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from . import cache
 from .budget import Budget, call_cost, estimate_cost, estimate_prompt_tokens, prices
@@ -51,6 +52,7 @@ class CallResult:
     tag: Any = None  # the request's tag, echoed back for the caller's bookkeeping
 
 
+@functools.cache  # once per process: setLevel walks every logger, and this sits on each call's path
 def _import_litellm():
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
@@ -111,6 +113,7 @@ class TeacherClient:
         self._limiter_loop: asyncio.AbstractEventLoop | None = None
         self.http_attempts = 0  # every LiteLLM request this client made
         self._prices = prices(cfg)  # looked up once: LiteLLM's table lookups are slow for unknown models
+        self._known_versions: set[str] = set()  # prompt versions seen in the store (rows are never deleted)
 
     # -- parameters ---------------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -166,14 +169,20 @@ class TeacherClient:
         exhausted); raises TeacherAuthError / TeacherBadRequest / BudgetExceeded."""
         cfg = self.cfg
         template_name = template
+        # the prompt version must be in the store (teacher_calls refers to it); checked
+        # once per version and client, not with a write transaction per request
         if template is not None and not isinstance(template, str):
-            from prompts import record_prompt_version
+            prompt_version, template_name = template.version, template.name
+            if prompt_version not in self._known_versions:
+                from prompts import record_prompt_version
 
-            prompt_version = record_prompt_version(self.store, template)
-            template_name = template.name
-        if prompt_version is not None and not cache.prompt_version_exists(self.store, prompt_version):
-            raise ValueError(f"prompt version {prompt_version[:12]} is not in prompt_versions; "
-                             "record it with prompts.record_prompt_version(store, template) first")
+                record_prompt_version(self.store, template)
+                self._known_versions.add(prompt_version)
+        elif prompt_version is not None and prompt_version not in self._known_versions:
+            if not cache.prompt_version_exists(self.store, prompt_version):
+                raise ValueError(f"prompt version {prompt_version[:12]} is not in prompt_versions; "
+                                 "record it with prompts.record_prompt_version(store, template) first")
+            self._known_versions.add(prompt_version)
         params = self.params()
         key = cache.cache_key(model=cfg.model, messages=messages, params=params, template=template_name,
                               prompt_version=prompt_version, sample_index=sample_index)
@@ -233,9 +242,8 @@ class TeacherClient:
             self.budget.settle(reservation, 0.0)
             return CallResult(key, None, "skipped", "run stopped before this call", 0.0, False, cfg.name,
                               "Stopped", attempts, tag)
-        except (TeacherError, RetryError) as e:
+        except TeacherError as err:  # reraise=True: tenacity raises the last attempt's own error
             self.budget.settle(reservation, 0.0)
-            err = e if isinstance(e, TeacherError) else TeacherError(str(e), teacher=cfg.name)
             cache.record(self.store, key, status="error", error_type=type(err).__name__, error=str(err),
                          attempts=attempts, **record)
             if isinstance(err, FATAL):

@@ -28,19 +28,18 @@ from typing import AsyncIterator
 
 
 class TokenBucket:
-    def __init__(self, rate_per_min: float, capacity: float | None = None, *, clock=time.monotonic) -> None:
+    def __init__(self, rate_per_min: float, capacity: float | None = None) -> None:
         if rate_per_min <= 0:
             raise ValueError("rate_per_min must be > 0")
         self.rate = rate_per_min / 60.0  # units per second
         # Default burst: one second's worth, at least one request.
         self.capacity = float(capacity if capacity is not None else max(1.0, self.rate))
-        self._clock = clock
         self._level = self.capacity
-        self._stamp = clock()
+        self._stamp = time.monotonic()
         self._lock = asyncio.Lock()
 
     def _refill(self) -> None:
-        now = self._clock()
+        now = time.monotonic()
         self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate)
         self._stamp = now
 
@@ -74,13 +73,12 @@ class RateLimiter:
 
     def __init__(self, rpm: float | None, tpm: float | None, max_concurrency: int, *,
                  latency_s: float | None = None) -> None:
-        self.requests = TokenBucket(rpm, max(1.0, rpm / 60.0)) if rpm else None
-        # tokens/min: allow a burst of one second's tokens, but at least one large request.
-        self.tokens = TokenBucket(tpm, max(tpm / 60.0, 1.0)) if tpm else None
+        # the default burst: one second's worth (at least one request; a larger one
+        # waits for a full bucket)
+        self.requests = TokenBucket(rpm) if rpm else None
+        self.tokens = TokenBucket(tpm) if tpm else None
         self.max_concurrency = max_concurrency
         self._sem = asyncio.Semaphore(max_concurrency)
-        self.in_flight = 0
-        self.peak_in_flight = 0
         self.latency_s = latency_s  # running average of successful calls; None until one is seen
         self._next_start = 0.0
 
@@ -106,19 +104,14 @@ class RateLimiter:
         if self.tokens is not None:
             await self.tokens.acquire(est_tokens)
         async with self._sem:
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-            try:
-                interval = self.start_interval
-                if interval > 0:  # reserve the next start time in arrival order
-                    now = time.monotonic()
-                    start = max(now, self._next_start)
-                    self._next_start = start + interval
-                    if start > now:
-                        await asyncio.sleep(start - now)
-                yield
-            finally:
-                self.in_flight -= 1
+            interval = self.start_interval
+            if interval > 0:  # reserve the next start time in arrival order
+                now = time.monotonic()
+                start = max(now, self._next_start)
+                self._next_start = start + interval
+                if start > now:
+                    await asyncio.sleep(start - now)
+            yield
 
     def settle_tokens(self, estimated: int, actual: int | None) -> None:
         if self.tokens is not None and actual is not None:
