@@ -17,6 +17,7 @@ right-padded (positions then start at 0 in every row, like an unpadded run).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 import torch
@@ -57,12 +58,6 @@ class Encoded:
     weight: float
 
 
-def _prompt_ids(tokenizer, messages: Messages) -> list[int]:
-    # student/model.py:prompt_ids is the one prompt encoder generation uses too,
-    # so a question is seen identically in training and at evaluation
-    return prompt_ids(tokenizer, messages)
-
-
 def completion_ids(tokenizer, text: str) -> list[int]:
     """y tokens: the completion text followed by eos (the end of the assistant turn)."""
     return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -85,10 +80,12 @@ def encode(
     and the generation prompt), and y is cut to the room the longest context
     leaves, identically for all, so the positions still line up.
     """
-    prompt = _prompt_ids(tokenizer, ex.prompt)
+    # student/model.py:prompt_ids is the one prompt encoder generation uses too,
+    # so a question is seen identically in training and at evaluation
+    prompt = prompt_ids(tokenizer, ex.prompt)
     contexts = ex.teacher_prompts or [ex.prompt]
-    teachers = [_prompt_ids(tokenizer, contexts[k % len(contexts)]) for k in range(num_contexts)]
-    negative = _prompt_ids(tokenizer, ex.negative_prompt) if ex.negative_prompt is not None else None
+    teachers = [prompt_ids(tokenizer, contexts[k % len(contexts)]) for k in range(num_contexts)]
+    negative = prompt_ids(tokenizer, ex.negative_prompt) if ex.negative_prompt is not None else None
     y = list(completion) if completion is not None else completion_ids(tokenizer, ex.completion)
 
     keep = max_length - 1  # a prompt always leaves room for at least one y token
@@ -129,10 +126,6 @@ class Batch:
             if isinstance(v, torch.Tensor):
                 setattr(self, f.name, v.to(device))
         return self
-
-    @property
-    def num_tokens(self) -> int:
-        return int((self.labels != -100).sum())
 
 
 def _pad_rows(prompts: list[list[int]], ys: list[list[int]], pad_id: int, width_l: int):
@@ -178,11 +171,12 @@ def collate(items: list[Encoded], pad_id: int) -> Batch:
     return batch
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+@functools.lru_cache(maxsize=2)  # every micro-batch of an epoch asks for the same order
+def epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
     """The example order of one epoch: a permutation fixed by (seed, epoch), so a
     resumed run sees exactly the batches an uninterrupted run would."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
+    return tuple(torch.randperm(n, generator=g).tolist())
 
 
 def micro_batch_indices(n: int, batch_size: int, world: int, rank: int, seed: int, micro: int) -> list[int]:

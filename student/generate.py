@@ -47,6 +47,11 @@ def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     return ids.to(device), mask.to(device)
 
 
+def rng_devices(student: Student) -> list:
+    """The CUDA devices whose RNG a forked sampling stream must cover (none on CPU)."""
+    return [student.device] if student.device.type == "cuda" else []
+
+
 def _cut_at_eos(row: list[int], eos_ids: set[int]) -> list[int]:
     for j, t in enumerate(row):
         if t in eos_ids:
@@ -119,7 +124,6 @@ def generate_ids(
         new = seqs[:, ids.shape[1] :].tolist()
         return [[_cut_at_eos(new[k * n + j], eos) for j in range(n)] for k in range(len(idx))]
 
-    devices = [student.device.index or 0] if student.device.type == "cuda" else []
     with student.use_adapter(adapter) as module:
         was_training = module.training
         module.eval()  # no dropout while answering
@@ -134,7 +138,7 @@ def generate_ids(
                 )
                 # batch_size bounds the rows in flight: n samples of each prompt share a batch.
                 per_batch = max(1, batch_size // n_samples)
-                with torch.random.fork_rng(devices=devices):
+                with torch.random.fork_rng(devices=rng_devices(student)):
                     torch.manual_seed(seed)
                     for idx in _batches([len(e) for e in encoded], per_batch):
                         for i, rows in zip(idx, run(module, idx, sampled, n_samples)):

@@ -228,18 +228,25 @@ def unisd_loss(
     if teacher_logits is not None and teacher_logits.dim() == 3:
         teacher_logits = teacher_logits.unsqueeze(0)
 
+    # log p(y_t) of the student and of every teacher context, each computed once and
+    # shared by the terms that need it (SFT and contrastive; agreement and contrastive)
+    contrast = cfg.contrastive > 0 and negative_logits is not None and has_negative is not None
+    student_lp = token_logprobs(student_logits, labels) if cfg.sft > 0 or contrast else None
+    teacher_lp = None
+    if teacher_logits is not None and (contrast or (cfg.kd > 0 and teacher_logits.shape[0] > 1)):
+        teacher_lp = token_logprobs(teacher_logits, labels.expand(teacher_logits.shape[:3]))
+
     if cfg.sft > 0:
-        sft = sft_loss(student_logits, labels, mask)
+        sft = masked_mean(-student_lp, mask)  # = sft_loss(...): mask is already 0 where labels are -100
         total = total + cfg.sft * sft
         terms["sft"] = float(sft.detach())
 
     if cfg.kd > 0:
-        d = torch.stack(
-            [generalized_jsd(student_logits, t, mask, cfg.alpha, cfg.temperature) for t in teacher_logits]
-        ).mean(0)
+        # all K contexts against one student log-softmax, broadcast over the K axis
+        d = generalized_jsd(student_logits.unsqueeze(0), teacher_logits, mask, cfg.alpha, cfg.temperature).mean(0)
         d = clip_divergence(d, mask, clip=cfg.clip, quantile=cfg.clip_quantile)
         if teacher_logits.shape[0] > 1:
-            w = agreement_weights(token_logprobs(teacher_logits, labels.expand(teacher_logits.shape[:3])), mask, cfg.agreement_gamma)
+            w = agreement_weights(teacher_lp, mask, cfg.agreement_gamma)
             terms["agreement_w"] = float(masked_mean(w, mask))
         else:
             w = torch.ones_like(d)
@@ -247,15 +254,10 @@ def unisd_loss(
         total = total + cfg.kd * kd
         terms["kd"] = float(kd.detach())
 
-    if cfg.contrastive > 0 and negative_logits is not None and has_negative is not None:
+    if contrast:
         cmask = mask * has_negative.float().unsqueeze(-1)
-        c = contrastive_loss(
-            token_logprobs(student_logits, labels),
-            token_logprobs(teacher_logits[0], labels),
-            token_logprobs(negative_logits, labels),
-            cmask,
-            cfg.contrastive_margin,
-        )
+        c = contrastive_loss(student_lp, teacher_lp[0], token_logprobs(negative_logits, labels), cmask,
+                             cfg.contrastive_margin)
         total = total + cfg.contrastive * c
         terms["contrastive"] = float(c.detach())
     elif cfg.contrastive > 0:  # enabled, but no example of this batch has a negative

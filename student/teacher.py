@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from student.data import Batch, TrainExample, encode
-from student.generate import left_pad
+from student.generate import left_pad, rng_devices
 from student.model import Student, prompt_ids
 
 
@@ -180,7 +180,7 @@ def sample_completions(
     tok = student.tokenizer
     ids, att = left_pad([prompt_ids(tok, ex.prompt) for ex in examples], tok.pad_token_id, student.device)
     enc = {"input_ids": ids, "attention_mask": att}
-    with student.use_adapter("student") as model, torch.random.fork_rng(devices=_rng_devices(student)):
+    with student.use_adapter("student") as model, torch.random.fork_rng(devices=rng_devices(student)):
         torch.manual_seed(seed)
         was_training = model.training
         model.eval()
@@ -206,10 +206,6 @@ def sample_completions(
                 row.pop()
         result.append(row)
     return result
-
-
-def _rng_devices(student: Student) -> list:
-    return [student.device] if student.device.type == "cuda" else []
 
 
 def encode_batch(

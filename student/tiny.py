@@ -16,6 +16,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+# ChatML, the format SmolLM2-Instruct uses (student/model.py imports this module
+# lazily, so the import is one-way); eos is <|im_end|> so generation stops at
+# the end of the assistant's turn.
+from student.model import CHATML_TEMPLATE as CHAT_TEMPLATE
+
 # Special tokens first so their ids are stable (pad=0, unk=1, bos=2, eos=3).
 PAD, UNK, BOS, EOS, IM_START = "<|pad|>", "<|unk|>", "<|bos|>", "<|im_end|>", "<|im_start|>"
 SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, IM_START]
@@ -28,14 +33,6 @@ CHARACTERS = (
     + list("€£°×÷–—’‘“”…")
 )
 
-# ChatML, the format SmolLM2-Instruct uses; eos is <|im_end|> so generation
-# stops at the end of the assistant's turn.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
