@@ -24,18 +24,10 @@ def _console() -> Console:
 
 
 def _summary(console: Console, st, outcome) -> None:
-    from .summary import iterations_table
+    from .summary import done_iterations, iterations_table
 
     run = st.get_run(outcome.run_id)
-    rows = []
-    k = 0
-    while True:
-        try:
-            rows.append(st.get_iteration(run["id"], k))
-        except LookupError:
-            break
-        k += 1
-    console.print(iterations_table([r for r in rows if r["status"] == "done"], title=f"run {run['name']}"))
+    console.print(iterations_table(done_iterations(st, run), title=f"run {run['name']}"))
 
 
 def register(app: typer.Typer) -> None:

@@ -71,21 +71,16 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def close(self, **final: Any) -> None:
+    def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        if final:
-            self.update(force=True, **final)
 
     def update(self, force: bool = False, **fields: Any) -> None:
         with self._lock:
             self.doc.update(fields)
         self._write(force=force)
-
-    def progress(self, done: int, total: int | None) -> None:
-        self.update(progress={"done": done, "total": total})
 
     def _beat(self) -> None:
         while not self._stop.wait(self.every):

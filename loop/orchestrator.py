@@ -32,9 +32,8 @@ from .config import Config
 from .errors import RunFailure, UserError
 from .heartbeat import Heartbeat
 from .preflight import check_teachers
-from .summary import step_line
+from .summary import STEP_ORDER as STEPS, step_line
 
-STEPS = ("baseline", "mine", "teach", "agree", "version", "train", "evaluate", "commit")
 TEMPLATES = ("rationale", "refine", "student", "demonstration")
 
 
@@ -108,7 +107,6 @@ class Orchestrator:
         self._pool = None
         self._step_t0 = 0.0
         self._follow_base = 0  # patience and max_iterations count from here after a wake-up
-        self._progress_obj = None
         self.timings: dict[str, float] = {}  # seconds by category, for bench/loop_bench.py
 
     # ------------------------------------------------------------------ checks
@@ -507,15 +505,14 @@ class Orchestrator:
         return out
 
     def metrics(self, k: int) -> dict:
-        mine, teach, agree = self.step_info(k, "mine"), self.step_info(k, "teach"), self.step_info(k, "agree")
-        ver, train, ev = self.step_info(k, "version"), self.step_info(k, "train"), self.step_info(k, "evaluate")
+        info = {d["step"]: d["info"] or {} for d in self.store.step_details(self.run_id, k)}
+        mine, teach, agree = info.get("mine", {}), info.get("teach", {}), info.get("agree", {})
+        ver, train, ev = info.get("version", {}), info.get("train", {}), info.get("evaluate", {})
         hist = dict(self.dev_history())
         base = hist.get(-1)
         prev = hist.get(k - 1, base) if k > 0 else base
         acc = ev.get("dev_acc")
-        accepted_ids = set(agree.get("accepted_ids", []))
-        rats = self.store.get_rationales(accepted_ids) if accepted_ids else {}
-        times = {s: (self.step_info(k, s).get("seconds")) for s in STEPS[:-1] if self.step_info(k, s)}
+        times = {s: info[s].get("seconds") for s in STEPS[:-1] if info.get(s)}
         return {
             "dev_acc": acc, "dev_correct": ev.get("dev_correct"), "dev_n": ev.get("dev_n"),
             "pool_acc": ev.get("pool_acc"), "pool_errors": ev.get("pool_errors"),
@@ -523,7 +520,7 @@ class Orchestrator:
             "delta": (acc - prev) if acc is not None and prev is not None else None,
             "mined": mine.get("mined"), "errors": mine.get("errors"),
             "refinements_asked": teach.get("refinements", 0),
-            "refinements_accepted": len({r["example_id"] for r in rats.values()}) if k > 0 else 0,
+            "refinements_accepted": agree.get("examples_accepted", 0) if k > 0 else 0,
             "rationales": agree.get("rationales"), "accepted": agree.get("accepted"),
             "teacher_calls": teach.get("calls"), "teacher_cached": teach.get("cached"),
             "teacher_requests": teach.get("requests"), "teacher_failed": teach.get("failed"),

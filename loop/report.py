@@ -14,7 +14,7 @@ import math
 from html import escape
 from pathlib import Path
 
-from .summary import _num, _ordered, pct, secs, signed_pts
+from .summary import _num, _ordered, done_iterations, pct, secs, signed_pts
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#1d232a;padding:0 16px}
@@ -26,19 +26,6 @@ th{background:#f4f6f8}td.l,th.l{text-align:left}.up{color:#0a7d32}.down{color:#b
 pre{white-space:pre-wrap;background:#f4f6f8;padding:6px 8px;border-radius:4px;margin:4px 0;font-size:.88em}
 nav a{margin-right:12px}.tag{display:inline-block;padding:1px 6px;border-radius:8px;font-size:.8em;background:#eef}
 """
-
-
-def _iterations(store, run: dict) -> list[dict]:
-    out, k = [], 0
-    while True:
-        try:
-            it = store.get_iteration(run["id"], k)
-        except LookupError:
-            break
-        if it["status"] == "done":
-            out.append(it)
-        k += 1
-    return out
 
 
 def plot_svg(points: list[tuple[str, float | None]], pool: list[tuple[str, float | None]] | None = None,
@@ -104,7 +91,7 @@ def build_report(store, run_name: str | None) -> str:
         raise UserError("no runs in this workspace yet; start one with `distillery run`")
     run = store.find_run(run_name) if run_name else None
     run = run or runs[-1]
-    its = _iterations(store, run)
+    its = done_iterations(store, run)
     base = (its[0]["metrics"].get("baseline_dev_acc") if its else None)
     cfg = run.get("config") or {}
     examples = {e["id"]: e for e in store.list_examples()}

@@ -157,6 +157,7 @@ def teach(o: "Orchestrator", k: int) -> dict:
     every teacher gets the `refine` template with the question, the gold answer
     (privileged_gold), the demonstration the student trained on and its wrong
     output.  Rationales are stored with their lineage."""
+    pv = {n: o.prompt_version(t) for n, t in o.templates.items()}
     examples = {e["id"]: e for e in o.store.list_examples("pool")}
     jobs: list[dict] = []  # one per (example, template rendering)
     if k == 0:
@@ -185,7 +186,7 @@ def teach(o: "Orchestrator", k: int) -> dict:
             })
     for j in jobs:  # render every prompt first: a broken template fails before any call
         j["messages"] = j["template"].render(**j["vars"])
-        j["prompt_version"] = o.prompt_version(j["template"])
+        j["prompt_version"] = pv[j["template"].name]
 
     produced: list[dict] = []  # {"example_id", "text", "teacher", "call", "parent_id", "error_prediction"}
     stats = {"asked": len(jobs), "calls": 0, "cached": 0, "failed": 0, "requests": 0, "spend_usd": 0.0}
@@ -218,7 +219,7 @@ def teach(o: "Orchestrator", k: int) -> dict:
             rows.append({"id": rid, "example_id": r["example_id"], "teacher": r["teacher"]})
 
     info = dict(stats, rationales=rows, refinements=len(jobs) if k > 0 else 0, budget_hit=budget_hit,
-                templates={n: o.prompt_version(t) for n, t in o.templates.items()})
+                templates=pv)
     o.commit_step(k, "teach", info, write)
     return info
 
@@ -247,7 +248,8 @@ def _self_teach(o: "Orchestrator", k: int, t, jobs: list[dict], stats: dict) -> 
         ])
     hits = [[cache.get(o.store, key) for key in ks] for ks in keys]
     missing = [i for i, hs in enumerate(hits) if not all(h is not None and h.status == "ok" for h in hs)]
-    texts: dict[int, list[str]] = {i: [h.text for h in hs] for i, hs in enumerate(hits) if i not in missing}
+    missing_set = set(missing)
+    texts: dict[int, list[str]] = {i: [h.text for h in hs] for i, hs in enumerate(hits) if i not in missing_set}
     stats["cached"] += sum(len(v) for v in texts.values())
     if missing:
         o.use_adapter(adapter)
@@ -272,7 +274,7 @@ def _self_teach(o: "Orchestrator", k: int, t, jobs: list[dict], stats: dict) -> 
         for s, text in enumerate(texts[i]):
             produced.append({"example_id": j["example_id"], "text": text, "teacher": t.name, "call": keys[i][s],
                              "parent_id": j["parent_id"], "error_prediction": j["error_prediction"],
-                             "_record": (keys[i][s], j, s, i in missing)})
+                             "_record": (keys[i][s], j, s, i in missing_set)})
     # the cache rows are written in the step's transaction (see teach.write)
     return produced, lambda: _record_self_calls(o, k, t, model, params, produced)
 

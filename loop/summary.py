@@ -17,6 +17,21 @@ def _ordered(times: dict) -> dict:
     return {s: times[s] for s in STEP_ORDER if s in times} | {s: v for s, v in times.items() if s not in STEP_ORDER}
 
 
+def done_iterations(store, run: dict) -> list[dict]:
+    """The run's finished iterations (get_iteration from k = 0 until there is
+    none), in k order."""
+    out, k = [], 0
+    while True:
+        try:
+            it = store.get_iteration(run["id"], k)
+        except LookupError:
+            break
+        if it["status"] == "done":
+            out.append(it)
+        k += 1
+    return out
+
+
 def pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -100,10 +115,6 @@ def iterations_text(rows: list[dict], baseline: float | None) -> str:
 def step_line(step: str, info: dict) -> str:
     secs = info.get("seconds")
     t = f"({secs:.1f}s)" if isinstance(secs, (int, float)) else ""
-
-    def pct(x):
-        return "-" if x is None else f"{100 * x:.1f}%"
-
     if step == "baseline":
         return f"dev accuracy {pct(info.get('dev_acc'))} {t}"
     if step == "mine":

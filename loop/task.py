@@ -15,8 +15,7 @@ is idempotent because example ids are content hashes (re-adding adds nothing).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 NAMES = [
     "Ava", "Ben", "Cleo", "Dan", "Eva", "Finn", "Gina", "Hugo", "Iris", "Jack",
@@ -26,18 +25,6 @@ ITEMS = [
     "apples", "books", "coins", "stickers", "marbles", "pencils", "shells",
     "cards", "cookies", "stamps", "buttons", "candles", "eggs", "flowers",
 ]
-
-
-@dataclass(frozen=True)
-class _Op:
-    kind: str
-    apply: Callable[[int, int], int]
-    symbol: str
-
-
-_ADD = _Op("add", lambda v, b: v + b, "+")
-_SUB = _Op("sub", lambda v, b: v - b, "-")
-_MUL = _Op("mul", lambda v, b: v * b, "*")
 
 
 def _step(rng: random.Random, v: int, name: str, item: str, max_number: int) -> tuple[str, str, int, str]:
@@ -59,7 +46,7 @@ def _step(rng: random.Random, v: int, name: str, item: str, max_number: int) -> 
             f"Then {friend} gives {name} {b} {item}.",
             f"Then {name} finds {b} more {item}.",
         ])
-        nv = _ADD.apply(v, b)
+        nv = v + b
         line = f"{name} gets {b} more, so {v} + {b} = {nv}."
     elif kind == "sub":
         b = rng.randint(1, v - 1) if v > 1 else 1
@@ -69,13 +56,13 @@ def _step(rng: random.Random, v: int, name: str, item: str, max_number: int) -> 
             f"Then {name} loses {b} {item}.",
             f"Then {name} uses {b} of the {item}.",
         ])
-        nv = _SUB.apply(v, b)
+        nv = v - b
         line = f"{name} has {b} fewer, so {v} - {b} = {nv}."
     else:
         b = rng.choice([2, 3])
         word = {2: "doubles", 3: "triples"}[b]
         sentence = f"Then {name} {word} the number of {item}."
-        nv = _MUL.apply(v, b)
+        nv = v * b
         line = f"{name} {word} it, so {v} * {b} = {nv}."
     return sentence, line, nv, kind
 
@@ -149,7 +136,7 @@ def ensure_task(store, task_cfg) -> dict[str, int]:
         return {"pool_added": 0, "dev_added": 0}
     pool, dev = generate_task(
         task_cfg.seed, task_cfg.pool_size, task_cfg.dev_size, task_cfg.difficulty,
-        getattr(task_cfg, "max_number", 20),
+        task_cfg.max_number,
     )
     with store.transaction():
         pa, _ = store.add_examples(pool, "pool")

@@ -283,13 +283,15 @@ class RecordsMixin:
                 h = self.put_text(row["output"])
                 corr = row.get("correct")
                 key = (run_id, k, phase, row["example_id"], int(row.get("sample", 0)))
-                c.execute(
+                cur = c.execute(
                     "INSERT OR IGNORE INTO predictions (run_id, k, phase, example_id, sample, output_hash, answer, correct)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     key + (h, row.get("answer"), None if corr is None else int(bool(corr))),
                 )
                 ids.append(
-                    c.execute(
+                    cur.lastrowid
+                    if cur.rowcount
+                    else c.execute(
                         "SELECT id FROM predictions WHERE run_id = ? AND k = ? AND phase = ? AND example_id = ? AND sample = ?",
                         key,
                     ).fetchone()[0]
