@@ -24,10 +24,12 @@ def _console() -> Console:
 
 
 def _summary(console: Console, st, outcome) -> None:
-    from .summary import done_iterations, iterations_table
+    from .summary import done_iterations, iterations_table, result_line
 
     run = st.get_run(outcome.run_id)
-    console.print(iterations_table(done_iterations(st, run), title=f"run {run['name']}"))
+    rows = done_iterations(st, run)
+    console.print(iterations_table(rows, title=f"run {run['name']}"))
+    console.print(result_line(rows), soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -110,7 +112,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("replay")
     def replay_cmd(
-        target: Annotated[str, typer.Argument(help="[RUN:]K — branch from iteration K of RUN (default run: run_name).")],
+        target: Annotated[str, typer.Argument(help="[RUN:]K or [RUN:]best — branch from iteration K (or the best iteration) of RUN (default run: run_name).")],
         sets: Annotated[Optional[list[str]], typer.Option("--set", help="key=value to change, e.g. loop.combine=accumulate (repeatable).")] = None,
         name: Annotated[Optional[str], typer.Option("--name", help="Name of the new run (default RUN-replayK).")] = None,
         iterations: Annotated[Optional[int], typer.Option("--iterations", min=0, help="Run until iteration N-1.")] = None,

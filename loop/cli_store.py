@@ -76,18 +76,33 @@ def _run(st: Store, name: str | None) -> dict:
     return run
 
 
+def best_of(st: Store, run: dict) -> int:
+    """The run's result: its finished iteration with the highest dev accuracy
+    (ties: the earlier one)."""
+    from .summary import best_k, done_iterations
+
+    k = best_k(done_iterations(st, run))
+    if k is None:
+        raise NotFoundError(f"run {run['name']!r} has no finished iteration with a dev accuracy yet; "
+                            "see `distillery iterations`")
+    return k
+
+
 def parse_ref(st: Store, ref: str) -> tuple[dict, int]:
-    """'[RUN:]K' -> (run, k)."""
+    """'[RUN:]K' or '[RUN:]best' -> (run, k)."""
     run_name, sep, k_text = ref.rpartition(":")
     if sep and not run_name:
         raise UserError(f"bad iteration {ref!r}: give RUN:K or K, e.g. main:2 or 2")
+    if k_text == "best":
+        run = _run(st, run_name or None)
+        return run, best_of(st, run)
     try:
         k = int(k_text)
         if k < 0:
             raise ValueError
     except ValueError:
         raise UserError(
-            f"bad iteration {ref!r}: K must be a whole number ≥ 0, as in `2` or `main:2`"
+            f"bad iteration {ref!r}: K must be a whole number ≥ 0 or `best`, as in `2`, `main:2` or `best`"
         ) from None
     run = _run(st, run_name or None)
     try:
@@ -215,7 +230,11 @@ def register(app: typer.Typer) -> None:
         with _store(workspace) as st, st.snapshot():
             r = _run(st, run)
             its = _iterations(st, r)
+            from .summary import best_k
+
+            best = best_k([d for d in its if d["status"] == "done"])
             for d in its:
+                d["best"] = d["k"] == best
                 d["dataset_size"] = st.dataset_size(r["id"], d["k"])
                 d["dataset_changed"] = len(st.changed_examples(st._owner(r["id"], d["k"]), d["k"]))
         if as_json:
@@ -228,7 +247,8 @@ def register(app: typer.Typer) -> None:
             steps = d["steps"]
             done = sum(1 for s in steps.values() if s == "done")
             t.add_row(
-                str(d["k"]) + (f" (from {d['inherited_from']})" if d.get("inherited_from") else ""), d["status"],
+                str(d["k"]) + (f" (from {d['inherited_from']})" if d.get("inherited_from") else "")
+                + (" best" if d["best"] else ""), d["status"],
                 f"{done}/{len(steps)}", str(d["dataset_size"]), str(d["dataset_changed"]),
                 _fmt(_accuracy(d["metrics"])), d["stop_reason"] or "-", (d["finished"] or "-")[:19],
             )
@@ -236,7 +256,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("show")
     def show_cmd(
-        ref: Annotated[str, typer.Argument(metavar="[RUN:]K", help="Iteration, e.g. 2 or main:2.")],
+        ref: Annotated[str, typer.Argument(metavar="[RUN:]K", help="Iteration, e.g. 2, main:2, or best (the run's result).")],
         workspace: WorkspaceOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
@@ -251,7 +271,9 @@ def register(app: typer.Typer) -> None:
         c.print(f"{run['name']}:{k}  status {doc['status']}" +
                 (f"  (inherited from {doc['inherited_from']})" if doc.get("inherited_from") else ""))
         c.print(f"  dataset: {doc['dataset']['size']} examples, {doc['dataset']['changed']} changed at this iteration")
-        c.print(f"  adapter: {doc['adapter_path'] or '-'}  stop: {doc['stop_reason'] or '-'}")
+        c.print(f"  adapter: {doc['adapter_path'] or '-'}  stop: {doc['stop_reason'] or '-'}"
+                + (f"  (the run's result: best dev accuracy)" if doc["best"] else f"  (the run's result is iteration {doc['best_k']})" if doc["best_k"] is not None else ""))
+        c.print(f"  training: {doc['training']}")
         t = Table(title="steps")
         for col in ("step", "status", "started", "finished", "info"):
             t.add_column(col)
@@ -270,6 +292,8 @@ def register(app: typer.Typer) -> None:
             c.print(f"  predictions [{phase}]: {n['total']} ({n['correct']} correct, {n['wrong']} wrong)")
         rr, tc = doc["rationales"], doc["teacher_calls"]
         c.print(f"  rationales: {rr['created']} created, {rr['accepted']} accepted, {rr['rejected']} rejected")
+        if doc["rejections"]:
+            c.print("  rejected by reason: " + ", ".join(f"{why} {n}" for why, n in doc["rejections"].items()))
         c.print(f"  teacher calls: {tc['count']} ({tc['ok']} ok, {tc['error']} failed), ${tc['cost_usd']:.4f}")
 
     @app.command("diff")
@@ -341,11 +365,12 @@ def register(app: typer.Typer) -> None:
                       _fmt(p["correct"]), p["output"][:60].replace("\n", " "))
         c.print(t)
         t = Table(title="rationales")
-        for col in ("id", "run:k", "source", "parent", "answers error", "accepted", "text"):
+        for col in ("id", "run:k", "source", "parent", "answers error", "accepted", "rejected because", "text"):
             t.add_column(col)
         for r in doc["rationales"]:
             t.add_row(r["id"], f"{r['run'] or '-'}:{_fmt(r['k'])}", r["source"], r["parent_id"] or "-",
-                      _fmt(r["error_prediction"]), _fmt(r["accepted"]), r["text"][:60].replace("\n", " "))
+                      _fmt(r["error_prediction"]), _fmt(r["accepted"]), r["rejected_reason"] or "-",
+                      r["text"][:60].replace("\n", " "))
         c.print(t)
         for v in doc["dataset"]:
             demos = ", ".join(f"{x['rationale_id']}×{x['weight']:g}" for x in v["demonstrations"])
@@ -353,7 +378,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export")
     def export_cmd(
-        ref: Annotated[str, typer.Argument(metavar="[RUN:]K", help="Iteration whose dataset to export.")],
+        ref: Annotated[str, typer.Argument(metavar="[RUN:]K", help="Iteration whose dataset to export (a number, or best).")],
         fmt: Annotated[str, typer.Option("--format", help="jsonl | openai (chat fine-tuning messages)")] = "jsonl",
         output: Annotated[Optional[Path], typer.Option("-o", "--output", help="File to write (default: stdout).")] = None,
         system: Annotated[Optional[str], typer.Option("--system", help="System message for --format openai.")] = None,
@@ -421,11 +446,36 @@ def _show_doc(st: Store, run: dict, k: int) -> dict:
         " FROM teacher_calls WHERE run_id = ? AND k = ?",
         (owner, k),
     ).fetchone()
+    steps = st.step_details(owner, k)
+    infos = {d["step"]: d["info"] or {} for d in steps}
+    rejections: dict[str, int] = {}
+    for step in ("verify", "agree"):
+        for why, cnt in (infos.get(step, {}).get("rejected") or {}).items():
+            rejections[why] = rejections.get(why, 0) + cnt
+    train = infos.get("train", {})
+    if train.get("skipped") == "unchanged":
+        training = "skipped: the dataset equals the previous version (loop.on_unchanged = \"skip\"); the previous adapter is kept"
+    elif train.get("skipped"):
+        training = "skipped: nothing accepted yet; the adapter carries over"
+    elif train:
+        training = f"{train.get('steps')} steps on {train.get('examples')} examples"
+        if train.get("length"):
+            ln = train["length"]
+            training += (f"; {ln.get('truncated_contexts', 0)} contexts shortened, {ln.get('dropped_rows', 0)} rows dropped"
+                         + (f" ({', '.join(f'{w} {c}' for w, c in ln['dropped'].items())})" if ln.get("dropped") else ""))
+    else:
+        training = "not run yet"
+    from .summary import best_k, done_iterations
+
+    bk = best_k(done_iterations(st, run))
     doc = {
-        "run": run["name"], "run_id": run["id"], "k": k, "status": it["status"], "started": it["started"],
+        "run": run["name"], "run_id": run["id"], "k": k, "best": bk == k, "best_k": bk,
+        "training": training, "train_skipped": train.get("skipped"),
+        "rejections": dict(sorted(rejections.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "status": it["status"], "started": it["started"],
         "finished": it["finished"], "metrics": it["metrics"], "adapter_path": it["adapter_path"],
         "adapter_sha256": it["adapter_sha256"], "stop_reason": it["stop_reason"],
-        "steps": st.step_details(owner, k),
+        "steps": steps,
         "dataset": {"size": st.dataset_size(run["id"], k), "changed": len(st.changed_examples(owner, k))},
         "predictions": preds,
         "rationales": {"created": created, "accepted": acc or 0, "rejected": rej or 0},

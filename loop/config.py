@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from student.config import GenerationConfig, LoraConfig, LossConfig, ModelConfig, TrainConfig
 from teachers.config import TeacherConfig
+from teachers.verify import VerifyConfig
 
 
 class _Strict(BaseModel):
@@ -42,6 +43,10 @@ class LoopConfig(_Strict):
     # seed the dataset with an example's gold rationale (from the data) when no
     # teacher rationale for it was accepted yet
     gold_fallback: bool = False
+    # when version k equals version k-1 (no demonstration changed): "skip" keeps
+    # k-1's adapter (and its dev scores; the iteration counts towards patience),
+    # "train" trains again on the same data (more epochs)
+    on_unchanged: Literal["skip", "train"] = "skip"
 
 
 class Config(_Strict):
@@ -55,6 +60,7 @@ class Config(_Strict):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     teachers: list[TeacherConfig] = Field(default_factory=lambda: [TeacherConfig(name="self", model="self")])
     loop: LoopConfig = Field(default_factory=LoopConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
 
 
 def load_config(path) -> Config:

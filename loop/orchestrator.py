@@ -34,7 +34,7 @@ from .heartbeat import Heartbeat
 from .preflight import check_teachers
 from .summary import STEP_ORDER as STEPS, step_line
 
-TEMPLATES = ("rationale", "refine", "student", "demonstration")
+TEMPLATES = ("rationale", "refine", "student", "demonstration", "verify")
 
 
 class StopRequested(Exception):
@@ -128,6 +128,21 @@ class Orchestrator:
                         f"import some with `distillery data add FILE.jsonl --split {split}`"
                     )
         _ = self.student  # loading errors (unknown model, bad file) are input errors
+        self._check_lengths()
+
+    def _check_lengths(self) -> None:
+        """Rows that cannot fit student.max_length are a config error now, not a
+        silent cut later (loop/trainset.py)."""
+        from .trainset import check_task_lengths
+
+        if self.cfg.task.kind == "arithmetic":
+            from .task import generate_task
+
+            t = self.cfg.task
+            pool, dev = generate_task(t.seed, t.pool_size, t.dev_size, t.difficulty, t.max_number)
+        else:
+            pool, dev = self.store.list_examples("pool"), self.store.list_examples("dev")
+        check_task_lengths(self, pool, dev)
 
     def set_config(self, cfg: Config) -> None:
         """Use `cfg` (a replayed run's own settings) instead of distillery.toml."""
@@ -178,6 +193,16 @@ class Orchestrator:
 
     def _check_teachers(self) -> None:
         check_teachers(self.cfg)
+        judge = self.cfg.verify.teacher
+        if judge is not None:
+            t = next((t for t in self.cfg.teachers if t.name == judge), None)
+            if t is None:
+                names = ", ".join(t.name for t in self.cfg.teachers)
+                raise UserError(f"verify.teacher = {judge!r} is not the name of a [[teachers]] entry ({names}); "
+                                "add that teacher (teach = false if it should only judge) or fix the name")
+            if t.is_self:
+                raise UserError(f"verify.teacher = {judge!r} is the self teacher; the judge must be an API or local "
+                                "server teacher (a LiteLLM model string)")
 
     # ------------------------------------------------------------------ student
     @property
@@ -445,7 +470,7 @@ class Orchestrator:
             self.store.log_event(self.run_id, k, None, "templates", f"templates changed: {', '.join(changed)}",
                                  {n: self.templates[n].version for n in changed})
         status = self.store.steps(self.run_id, k)
-        funcs = {"baseline": S.baseline, "mine": S.mine, "teach": S.teach, "agree": S.agree_step,
+        funcs = {"baseline": S.baseline, "mine": S.mine, "teach": S.teach, "verify": S.verify_step, "agree": S.agree_step,
                  "version": S.version, "train": S.train_step, "evaluate": S.evaluate}
         for step in STEPS[:-1]:
             if step == "baseline" and k != 0:
@@ -507,12 +532,23 @@ class Orchestrator:
     def metrics(self, k: int) -> dict:
         info = {d["step"]: d["info"] or {} for d in self.store.step_details(self.run_id, k)}
         mine, teach, agree = info.get("mine", {}), info.get("teach", {}), info.get("agree", {})
+        verify = info.get("verify", {})
         ver, train, ev = info.get("version", {}), info.get("train", {}), info.get("evaluate", {})
         hist = dict(self.dev_history())
         base = hist.get(-1)
         prev = hist.get(k - 1, base) if k > 0 else base
         acc = ev.get("dev_acc")
         times = {s: info[s].get("seconds") for s in STEPS[:-1] if info.get(s)}
+        rejected: dict[str, int] = {}
+        for step in (verify, agree):
+            for why, n in (step.get("rejected") or {}).items():
+                rejected[why] = rejected.get(why, 0) + n
+        # the best iteration so far, this one included (ties: the earlier one)
+        best_k, best_acc = None, None
+        for kk, a in [*hist.items(), (k, acc)]:
+            if kk >= 0 and a is not None and (best_acc is None or a > best_acc):
+                best_k, best_acc = kk, a
+        judge = verify.get("judge") or {}
         return {
             "dev_acc": acc, "dev_correct": ev.get("dev_correct"), "dev_n": ev.get("dev_n"),
             "pool_acc": ev.get("pool_acc"), "pool_errors": ev.get("pool_errors"),
@@ -521,15 +557,19 @@ class Orchestrator:
             "mined": mine.get("mined"), "errors": mine.get("errors"),
             "refinements_asked": teach.get("refinements", 0),
             "refinements_accepted": agree.get("examples_accepted", 0) if k > 0 else 0,
-            "rationales": agree.get("rationales"), "accepted": agree.get("accepted"),
+            "rationales": verify.get("checked", agree.get("rationales")), "accepted": agree.get("accepted"),
+            "verified": verify.get("passed"), "rejected": dict(sorted(rejected.items())),
             "teacher_calls": teach.get("calls"), "teacher_cached": teach.get("cached"),
             "teacher_requests": teach.get("requests"), "teacher_failed": teach.get("failed"),
-            "spend_usd": teach.get("spend_usd", 0.0), "spend_total_usd": self.store.spend(self.run_id),
+            "spend_usd": teach.get("spend_usd", 0.0) + judge.get("spend_usd", 0.0),
+            "spend_total_usd": self.store.spend(self.run_id),
             "dataset_size": ver.get("size"), "changed": ver.get("changed"),
             "train_examples": train.get("examples"), "train_steps": train.get("steps"),
             "loss_first": train.get("loss_first"), "loss_last": train.get("loss_last"),
+            "train_skipped": train.get("skipped"), "length": train.get("length"),
+            "best_k": best_k, "best_dev_acc": best_acc,
             "fixed": ev.get("fixed", []), "broken": ev.get("broken", []),
-            "budget_hit": teach.get("budget_hit"),
+            "budget_hit": teach.get("budget_hit") or verify.get("budget_hit"),
             "times": times, "templates": teach.get("templates", {}),
         }
 

@@ -32,7 +32,7 @@ seed = 0
 name = "smollm2"
 device = "cpu"
 dtype = "float32"
-max_length = 384
+max_length = 512          # tokens; rows are never cut (a row that cannot fit is an error at preflight)
 
 [lora]
 r = 8
@@ -75,6 +75,7 @@ temperature = 0.7
 max_iterations = 3
 patience = 2
 combine = "accumulate"     # "replace" | "accumulate" demonstrations of an example
+on_unchanged = "skip"      # "skip": an unchanged dataset version keeps the previous adapter | "train"
 mine_limit = 24            # pool questions mined (and refined) per iteration, rotating through the pool
 gold_fallback = true       # train on the task's gold rationale where no teacher rationale was accepted yet
 """
@@ -98,7 +99,7 @@ seed = 0
 name = "tiny"
 device = "cpu"
 dtype = "float32"
-max_length = 128
+max_length = 1280         # characters (the tiny tokenizer is character-level): a refine prompt is ~1050
 
 [lora]
 r = 4
@@ -196,6 +197,12 @@ patience = 2
 combine = "replace"
 privileged_gold = true     # show the gold answer to the refine template
 # budget_usd = 5.0         # hard cap on teacher spend
+
+# Rationales are accepted only if they derive their answer (structural checks,
+# always on); an optional judge teacher can check them too.
+[verify]
+structural = true
+# teacher = "gpt4o-mini"   # a [[teachers]] name; set teach = false on it to use it only as the judge
 """
 
 PRESETS: dict[str, str] = {"demo": DEMO, "tiny": TINY, "custom": CUSTOM}

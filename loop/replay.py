@@ -1,4 +1,4 @@
-"""`distillery replay [RUN:]K [--set key=value]... [--name NAME]`.
+"""`distillery replay [RUN:]K|best [--set key=value]... [--name NAME]`.
 
 A replay is a new run branched from iteration K of a run (store.branch_run):
 it inherits that run's datasets, predictions and adapters up to K and
@@ -22,9 +22,13 @@ from .config import Config
 from .errors import ConfigError, UserError
 
 
-def parse_target(text: str) -> tuple[str | None, int]:
-    """'[RUN:]K' -> (run name or None, K)."""
+def parse_target(text: str) -> tuple[str | None, int | str]:
+    """'[RUN:]K' -> (run name or None, K); '[RUN:]best' -> (run, "best")."""
     run, sep, k = text.rpartition(":")
+    if sep and not run:
+        raise UserError(f"replay target {text!r}: the run name before ':' is empty; write RUN:K or just K")
+    if k == "best":
+        return (run or None), "best"
     try:
         kk = int(k)
         if kk < 0:
@@ -93,6 +97,12 @@ def create_replay(store, default_run: str, target: str, sets: list[str], name: s
     if run is None:
         names = ", ".join(r["name"] for r in store.list_runs()) or "none yet"
         raise UserError(f"no run named {run_name or default_run!r} to replay (runs: {names})")
+    if k == "best":
+        from .summary import best_k, done_iterations
+
+        k = best_k(done_iterations(store, run))
+        if k is None:
+            raise UserError(f"run {run['name']!r} has no finished iteration with a dev accuracy to replay from")
     try:
         it = store.get_iteration(run["id"], k)
     except LookupError:

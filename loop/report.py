@@ -14,7 +14,7 @@ import math
 from html import escape
 from pathlib import Path
 
-from .summary import _num, _ordered, done_iterations, pct, secs, signed_pts
+from .summary import _num, _ordered, best_k, done_iterations, pct, reasons, secs, signed_pts
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#1d232a;padding:0 16px}
@@ -109,12 +109,14 @@ def build_report(store, run_name: str | None) -> str:
     h.append(f"<p class=meta>status {escape(str(run['status']))} · created {escape(str(run['created']))}{parent}<br>"
              f"student <b>{escape(str(cfg.get('student', {}).get('name')))}</b> · teachers {teachers} · "
              f"task {escape(str(cfg.get('task', {}).get('kind')))} · combine {escape(str(cfg.get('loop', {}).get('combine')))}</p>")
-    last = its[-1]["metrics"].get("dev_acc") if its else None
+    best = best_k(its)
+    result = next((it["metrics"].get("dev_acc") for it in its if it["k"] == best), None)
     if its:
-        gain = None if last is None or base is None else last - base
+        gain = None if result is None or base is None else result - base
         cls = "up" if (gain or 0) > 0 else "down" if (gain or 0) < 0 else ""
-        h.append(f"<p>Dev accuracy <b>{pct(base)}</b> → <b>{pct(last)}</b> "
-                 f"<span class={cls}>({signed_pts(gain)})</span> over {len(its)} iterations; "
+        h.append(f"<p>Dev accuracy <b>{pct(base)}</b> → <b>{pct(result)}</b> "
+                 f"<span class={cls}>({signed_pts(gain)})</span>: the result is <b>iteration {best}</b>, the best "
+                 f"of {len(its)} iterations (stopped: {escape(str(its[-1].get('stop_reason') or 'not yet'))}); "
                  f"teacher spend ${store.spend(run['id']):.4f}.</p>")
     h.append("<h2 id=plot>Dev accuracy per iteration</h2>")
     h.append(plot_svg(pts, pool_pts))
@@ -129,6 +131,7 @@ def build_report(store, run_name: str | None) -> str:
         times = _ordered(m.get("times") or {})
         tt = sum(v for v in times.values() if v)
         inh = " <span class=tag>inherited</span>" if it.get("inherited_from") else ""
+        inh += " <span class=tag>best</span>" if it["k"] == best else ""
         h.append(
             f"<tr><td><a href='#iter-{it['k']}'>{it['k']}</a>{inh}</td><td>{pct(m.get('dev_acc'))}</td>"
             f"<td class={cls}>{signed_pts(d)}</td><td>{pct(m.get('pool_acc'))}</td><td>{m.get('errors', '-')}</td>"
@@ -154,6 +157,7 @@ def build_report(store, run_name: str | None) -> str:
         times = _ordered(m.get("times") or {})
         h.append(f"<p class=meta>dev {pct(m.get('dev_acc'))} ({signed_pts(m.get('delta'))}) · errors {m.get('errors')} "
                  f"· refinements {m.get('refinements_asked', 0)} asked, {m.get('refinements_accepted', 0)} accepted · "
+                 f"rejected: {escape(reasons(m.get('rejected')))} · "
                  f"train loss {_num(m.get('loss_first'))} → {_num(m.get('loss_last'))} · "
                  + escape(", ".join(f"{s} {secs(v)}" for s, v in times.items())) + "</p>")
         now = _preds(store, run, it, "eval")

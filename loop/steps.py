@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from student.scoring import answers_equal, extract_answer, is_correct
 
 from .errors import RunFailure, UserError
+from .trainset import build_train_examples
 
 if TYPE_CHECKING:  # pragma: no cover
     from .orchestrator import Orchestrator
@@ -115,6 +116,13 @@ def mine(o: "Orchestrator", k: int) -> dict:
     settings (evaluate with eval_pool, greedy only) its predictions are reused:
     answering the same questions again with the same weights would give the
     same texts."""
+    if k == 0 and not o.cfg.loss.contrastive > 0:
+        # Iteration 0 asks the teachers about every pool question anyway, so its
+        # mined answers would only feed the contrastive term's hard negatives.
+        info = {"mined": 0, "errors": None, "pool_acc": None, "reused_eval": False,
+                "skipped": "iteration 0 uses no mined answers (loss.contrastive = 0)"}
+        o.commit_step(k, "mine", info, lambda: None)
+        return info
     pool = o.pool_examples(k)
     prev = o.previous_iteration(k)
     reference = o.demo_answers(k - 1, [e["id"] for e in pool if e.get("answer") is None]) if k > 0 else {}
@@ -187,12 +195,18 @@ def teach(o: "Orchestrator", k: int) -> dict:
     for j in jobs:  # render every prompt first: a broken template fails before any call
         j["messages"] = j["template"].render(**j["vars"])
         j["prompt_version"] = pv[j["template"].name]
+    fit = {"shortened": 0, "dropped": 0}
+    self_teachers = [t for t in o.cfg.teachers if t.is_self and t.teach]
+    if self_teachers and jobs:
+        fit = _fit_self_prompts(o, jobs, max(min(t.max_tokens, o.cfg.generation.max_new_tokens) for t in self_teachers))
 
     produced: list[dict] = []  # {"example_id", "text", "teacher", "call", "parent_id", "error_prediction"}
     stats = {"asked": len(jobs), "calls": 0, "cached": 0, "failed": 0, "requests": 0, "spend_usd": 0.0}
     budget_hit = None
     writers = []
     for t in o.cfg.teachers:
+        if not t.teach:
+            continue
         if t.is_self:
             got, writer = _self_teach(o, k, t, jobs, stats)
             produced += got
@@ -216,12 +230,46 @@ def teach(o: "Orchestrator", k: int) -> dict:
                 r["example_id"], r["text"], ans, r["teacher"], teacher_call=r["call"], parent_id=r["parent_id"],
                 error_prediction=r["error_prediction"], run_id=o.run_id, k=k,
             )
-            rows.append({"id": rid, "example_id": r["example_id"], "teacher": r["teacher"]})
+            # the context it was written in: a text equal to an older rationale keeps
+            # that row's id (content hash), but is judged against this prompt
+            rows.append({"id": rid, "example_id": r["example_id"], "teacher": r["teacher"],
+                         "parent_id": r["parent_id"], "error_prediction": r["error_prediction"]})
 
     info = dict(stats, rationales=rows, refinements=len(jobs) if k > 0 else 0, budget_hit=budget_hit,
-                templates=pv)
+                templates=pv, self_prompts_shortened=fit["shortened"], self_prompts_dropped=fit["dropped"])
     o.commit_step(k, "teach", info, write)
     return info
+
+
+def _fit_self_prompts(o: "Orchestrator", jobs: list[dict], new_tokens: int) -> dict:
+    """The self teacher is the student: its prompt and the `new_tokens` it may
+    write must fit student.max_length.  A refine prompt that does not is
+    shortened in the middle of the demonstration it quotes, then of the
+    student's wrong output (never the question); one that cannot fit is left
+    to the API teachers (`self_messages` = None).  Sets j["self_messages"]."""
+    from student.lengths import MARKER, fit_middle
+    from student.model import prompt_ids
+
+    tok, budget = o.student.tokenizer, o.cfg.student.max_length - new_tokens
+    counts = {"shortened": 0, "dropped": 0}
+    for j in jobs:
+        if len(prompt_ids(tok, j["messages"])) <= budget:
+            j["self_messages"] = j["messages"]
+            continue
+        fitted = None
+        if "previous" in j["vars"]:
+            v, tpl = j["vars"], j["template"]
+            fitted = fit_middle(tok, lambda t: tpl.render(**(v | {"previous": t})), v["previous"], budget)
+            if fitted is None:
+                fitted = fit_middle(tok, lambda t: tpl.render(**(v | {"previous": MARKER.strip(), "student_output": t})),
+                                    v["student_output"], budget)
+        j["self_messages"] = fitted[0] if fitted else None
+        counts["shortened" if fitted else "dropped"] += 1
+    if counts["dropped"]:
+        o.store.log_event(o.run_id, None, "teach", "warning",
+                          f"{counts['dropped']} prompts do not fit student.max_length = {o.cfg.student.max_length} "
+                          "next to the self teacher's answer; the self teacher skipped them (raise student.max_length)")
+    return counts
 
 
 def _self_teach(o: "Orchestrator", k: int, t, jobs: list[dict], stats: dict) -> list[dict]:
@@ -232,6 +280,7 @@ def _self_teach(o: "Orchestrator", k: int, t, jobs: list[dict], stats: dict) -> 
     from student.generate import generate
     from teachers import cache
 
+    jobs = [j for j in jobs if j.get("self_messages", j["messages"]) is not None]
     if not jobs:
         return [], lambda: None
     adapter = o.adapter_before(k)
@@ -242,7 +291,7 @@ def _self_teach(o: "Orchestrator", k: int, t, jobs: list[dict], stats: dict) -> 
     keys = []
     for j in jobs:
         keys.append([
-            cache.cache_key(model=model, messages=j["messages"], params=params, template=j["template"].name,
+            cache.cache_key(model=model, messages=j["self_messages"], params=params, template=j["template"].name,
                             prompt_version=j["prompt_version"], sample_index=s)
             for s in range(t.samples)
         ])
@@ -253,7 +302,7 @@ def _self_teach(o: "Orchestrator", k: int, t, jobs: list[dict], stats: dict) -> 
     stats["cached"] += sum(len(v) for v in texts.values())
     if missing:
         o.use_adapter(adapter)
-        prompts = [jobs[i]["messages"] for i in missing]
+        prompts = [jobs[i]["self_messages"] for i in missing]
         outs: list[list[str]] = []
         g = o.cfg.generation
         o.progress("teach", 0, len(prompts))
@@ -288,7 +337,7 @@ def _record_self_calls(o, k, t, model, params, produced) -> None:
             continue
         cache.record(o.store, key, teacher=t.name, model="self", template=job["template"].name,
                      prompt_version=job["prompt_version"],
-                     request={"model": model, "messages": job["messages"], "params": params, "sample_index": s},
+                     request={"model": model, "messages": job["self_messages"], "params": params, "sample_index": s},
                      status="ok", text=r["text"], attempts=1, cost_usd=0.0, run_id=o.run_id, k=k)
 
 
@@ -338,35 +387,170 @@ def _api_teach(o: "Orchestrator", k: int, t, jobs: list[dict], stats: dict) -> t
     return produced, budget_hit
 
 
+# --------------------------------------------------------------------------- verify
+
+
+def _verify_inputs(o: "Orchestrator", k: int) -> tuple[list[str], dict, dict, dict, dict, dict]:
+    """The step's rationale ids (teach order, unique) with what the checks
+    compare them against: the example, and from the prompt each was written
+    for, the demonstration it refines and the wrong output it answers."""
+    produced = o.step_info(k, "teach").get("rationales", [])
+    context = {}
+    for r in produced:  # first prompt that produced the text
+        context.setdefault(r["id"], (r.get("parent_id"), r.get("error_prediction")))
+    ids = list(context)
+    rats = o.store.get_rationales(ids)
+    for rid, r in rats.items():  # rows written before teach recorded the context
+        if context[rid] == (None, None):
+            context[rid] = (r["parent_id"], r["error_prediction"])
+    examples = {e["id"]: e for e in o.store.list_examples("pool")}
+    parents = o.store.get_rationales({p for p, _ in context.values() if p})
+    preds = {pid: o.store.get_prediction(pid) for _, pid in context.values() if pid is not None}
+    return [i for i in ids if i in rats], rats, context, examples, parents, preds
+
+
+def verify_step(o: "Orchestrator", k: int) -> dict:
+    """Reject rationales that do not derive their answer (teachers/verify.py):
+    structural checks always (an answer line last; reasoning that computes
+    from the question's quantities; no talk of the student or of a given
+    answer; not a near-copy of the student's wrong output or of the
+    demonstration it refines), then the optional judge teacher
+    ([verify] teacher) on what passed.  Rejections are stored with their
+    reason; `agree` only sees what passed."""
+    from teachers.verify import check_rationale
+
+    vc = o.cfg.verify
+    ids, rats, context, examples, parents, preds = _verify_inputs(o, k)
+    privileged = k > 0 and o.cfg.loop.privileged_gold  # the teacher saw gold only in `refine`
+    rejected: dict[str, str] = {}
+    for rid in ids:
+        r = rats[rid]
+        ex = examples.get(r["example_id"]) or {}
+        parent_id, pred_id = context[rid]
+        err = preds.get(pred_id) if pred_id is not None else None
+        parent = parents.get(parent_id) if parent_id else None
+        reason = check_rationale(
+            r["text"], question=ex.get("question", ""), fmt=o.fmt,
+            gold=ex.get("answer") if privileged else None,
+            student_output=err["output"] if err else None, previous=parent["text"] if parent else None, cfg=vc,
+        )
+        if reason:
+            rejected[rid] = reason
+    passed = [rid for rid in ids if rid not in rejected]
+    judge = {"asked": 0, "passed": 0, "failed_calls": 0, "calls": 0, "cached": 0, "spend_usd": 0.0}
+    calls: dict[str, str] = {}
+    judge_reasons: dict[str, str] = {}
+    budget_hit = None
+    if vc.teacher and passed:
+        verdicts, calls, budget_hit = _judge(o, k, [rats[r] for r in passed], examples, privileged, judge)
+        for rid in passed:
+            ok, why = verdicts.get(rid, (None, "no verdict"))
+            if ok is not True:
+                rejected[rid] = "judge_rejected" if ok is False else "judge_failed"
+                judge_reasons[rid] = why[:300]
+        passed = [rid for rid in passed if rid not in rejected]
+        judge["passed"] = len(passed)
+
+    def write() -> None:
+        for rid, reason in rejected.items():
+            o.store.set_accepted(rid, False, None, rejected_reason=reason, verify_call=calls.get(rid))
+
+    counts: dict[str, int] = {}
+    for reason in rejected.values():
+        counts[reason] = counts.get(reason, 0) + 1
+    info = {"checked": len(ids), "passed_ids": passed, "passed": len(passed), "rejected": dict(sorted(counts.items())),
+            "structural": vc.structural, "judge": judge if vc.teacher else None, "judge_reasons": judge_reasons,
+            "budget_hit": budget_hit}
+    o.commit_step(k, "verify", info, write)
+    return info
+
+
+def _judge(o: "Orchestrator", k: int, rats: list[dict], examples: dict, privileged: bool, stats: dict):
+    """Ask the [verify] teacher about each rationale (the `verify` template,
+    through the TeacherPool: cached, budgeted and recorded like any call).
+    Returns ({rationale id: (passed | None, reason)}, {id: call key}, budget message)."""
+    from teachers.errors import BudgetExceeded, TeacherAuthError, TeacherBadRequest, TeacherError
+    from teachers.pool import TeacherRequest
+    from teachers.verify import parse_verdict
+
+    t = next(t for t in o.cfg.teachers if t.name == o.cfg.verify.teacher)
+    tpl = o.templates["verify"]
+    reqs = []
+    for r in rats:
+        ex = examples.get(r["example_id"]) or {}
+        msgs = tpl.render(question=ex.get("question", ""), rationale=r["text"], answer_format=o.fmt,
+                          gold=ex.get("answer") if privileged else None)
+        reqs.append(TeacherRequest(teacher=t.name, messages=msgs, template=tpl, run_id=o.run_id, k=k, tag=r["id"]))
+    stats["asked"] = len(reqs)
+    o.check_stop()
+    o.progress("verify", 0, len(reqs))
+    budget_hit = None
+    try:
+        with o.timed("teacher"):
+            results = o.teacher_pool.run_sync(reqs)
+    except BudgetExceeded as e:
+        results = getattr(e, "results", [])
+        budget_hit = str(e)
+        o.store.log_event(o.run_id, k, "verify", "budget", str(e))
+    except (TeacherAuthError, TeacherBadRequest) as e:
+        raise UserError(f"verify.teacher {t.name!r} ({t.model}): {e}") from None
+    except TeacherError as e:
+        raise RunFailure(f"verify.teacher {t.name!r} ({t.model}): {e}") from None
+    verdicts, keys = {}, {}
+    for res in results:
+        if res.status == "ok" and res.text:
+            stats["cached" if res.cached else "calls"] += 1
+            if not res.cached:
+                stats["spend_usd"] += res.cost_usd
+            verdicts[res.tag] = parse_verdict(res.text)
+            keys[res.tag] = res.key
+        else:
+            stats["failed_calls"] += res.status == "error"
+            verdicts[res.tag] = (None, res.error or res.status)
+    o.progress("verify", len(reqs), len(reqs))
+    return verdicts, keys, budget_hit
+
+
 # --------------------------------------------------------------------------- agree
 
 
 def agree_step(o: "Orchestrator", k: int) -> dict:
-    """Accept a rationale when its answer equals gold or, without gold, the
-    teachers' majority; store the agreement fraction per rationale."""
+    """Among the verified rationales, accept one when its answer equals gold
+    or, without gold, the teachers' majority; store the agreement fraction
+    per rationale and the reason of each rejection (`wrong_answer`,
+    `no_majority`)."""
     from teachers.agreement import agree
 
-    teach_info = o.step_info(k, "teach")
-    ids = [r["id"] for r in teach_info.get("rationales", [])]
+    verified = o.step_info(k, "verify")
+    if "passed_ids" in verified:
+        ids = verified["passed_ids"]
+    else:  # an iteration begun before the verify step existed
+        ids = [r["id"] for r in o.step_info(k, "teach").get("rationales", [])]
     rats = o.store.get_rationales(ids)
     by_ex: dict[str, list[dict]] = defaultdict(list)
     for rid in dict.fromkeys(ids):  # unique, in teach order
         if rid in rats:
             by_ex[rats[rid]["example_id"]].append(rats[rid])
     golds = {e["id"]: e.get("answer") for e in o.store.list_examples("pool")}
-    decisions: list[tuple[str, bool, float]] = []
+    decisions: list[tuple[str, bool, float, str | None]] = []
     for eid, rs in by_ex.items():
-        flags, frac = agree([r["answer"] for r in rs], golds.get(eid), o.fmt)
-        decisions += [(r["id"], bool(f), frac) for r, f in zip(rs, flags)]
+        gold = golds.get(eid)
+        flags, frac = agree([r["answer"] for r in rs], gold, o.fmt)
+        why = "wrong_answer" if gold is not None else "no_majority"
+        decisions += [(r["id"], bool(f), frac, None if f else why) for r, f in zip(rs, flags)]
 
     def write() -> None:
-        for rid, flag, frac in decisions:
-            o.store.set_accepted(rid, flag, frac)
+        for rid, flag, frac, why in decisions:
+            o.store.set_accepted(rid, flag, frac, rejected_reason=why)
 
-    accepted = [rid for rid, f, _ in decisions if f]
+    accepted = [rid for rid, f, _, _ in decisions if f]
+    counts: dict[str, int] = {}
+    for *_, why in decisions:
+        if why:
+            counts[why] = counts.get(why, 0) + 1
     info = {"rationales": len(decisions), "accepted": len(accepted), "accepted_ids": accepted,
-            "examples_accepted": len({rats[r]["example_id"] for r in accepted}),
-            "agreement_mean": (sum(f for _, _, f in decisions) / len(decisions)) if decisions else None}
+            "examples_accepted": len({rats[r]["example_id"] for r in accepted}), "rejected": counts,
+            "agreement_mean": (sum(d[2] for d in decisions) / len(decisions)) if decisions else None}
     o.commit_step(k, "agree", info, write)
     return info
 
@@ -425,64 +609,14 @@ def version(o: "Orchestrator", k: int) -> dict:
 # --------------------------------------------------------------------------- train
 
 
-def build_train_examples(o: "Orchestrator", k: int) -> list:
-    """TrainExamples of dataset version k.
-
-    prompt: the `student` template.  completion: the demonstration.
-    teacher contexts (K = loss.num_contexts): the `demonstration` template
-    holding this demonstration, then the example's other demonstrations
-    (other teachers/samples), then few-shot contexts that put another pool
-    question's demonstration before it.  negative: the `demonstration`
-    template holding the student's mined wrong output (only when the
-    contrastive term is on)."""
-    from student.data import TrainExample
-
-    data = o.store.dataset(o.run_id, k)
-    rats = o.store.get_rationales({rid for demos in data.values() for rid, _ in demos})
-    examples = {e["id"]: e for e in o.store.list_examples("pool")}
-    wrong = {}
-    if o.cfg.loss.contrastive > 0:
-        wrong = {p["example_id"]: p["output"] for p in mined_errors(o, k)}
-    st, dm = o.templates["student"], o.templates["demonstration"]
-    K = o.cfg.loss.num_contexts
-    ids = sorted(data)
-    out = []
-    for n, eid in enumerate(ids):
-        ex = examples.get(eid)
-        if ex is None:
-            continue
-        prompt = st.render(question=ex["question"], answer_format=o.fmt)
-        texts = [rats[rid]["text"] for rid, _ in data[eid] if rid in rats]
-        for (rid, w) in data[eid]:
-            if rid not in rats:
-                continue
-            d = rats[rid]["text"]
-            contexts = [dm.render(question=ex["question"], demonstration=d, answer_format=o.fmt)]
-            contexts += [dm.render(question=ex["question"], demonstration=t, answer_format=o.fmt) for t in texts if t != d]
-            shot = 1
-            while len(contexts) < K and len(ids) > 1 and shot < len(ids):
-                other = ids[(n + shot) % len(ids)]
-                shot += 1
-                oex, odemos = examples.get(other), data.get(other)
-                if oex is None or not odemos or odemos[0][0] not in rats:
-                    continue
-                contexts.append(
-                    [{"role": "user", "content": oex["question"]},
-                     {"role": "assistant", "content": rats[odemos[0][0]]["text"]}]
-                    + dm.render(question=ex["question"], demonstration=d, answer_format=o.fmt)
-                )
-            neg = dm.render(question=ex["question"], demonstration=wrong[eid], answer_format=o.fmt) if eid in wrong else None
-            out.append(TrainExample(prompt=prompt, completion=d, teacher_prompts=contexts[:K], negative_prompt=neg, weight=w))
-    return out
-
-
 def train_step(o: "Orchestrator", k: int) -> dict:
     """Train the student adapter on version k (warm-started from k-1's adapter
     unless train.warm_start = false); checkpoints in runs/<run>/iter-<k>/."""
     from student.errors import StudentError
     from student.train import train
 
-    examples = build_train_examples(o, k)
+    wrong = {p["example_id"]: p["output"] for p in mined_errors(o, k)} if o.cfg.loss.contrastive > 0 else {}
+    examples, lengths = build_train_examples(o, k, wrong)
     out_dir = o.iter_dir(k)
     if not examples:
         # nothing accepted yet: the adapter of k-1 carries over unchanged
@@ -492,7 +626,17 @@ def train_step(o: "Orchestrator", k: int) -> dict:
         o.student.save_adapter(adapter_dir, "student")
         sha = o.adapter_sha(adapter_dir)
         o.loaded_adapter = o.rel(adapter_dir)
-        info = {"examples": 0, "steps": 0, "adapter": o.rel(adapter_dir), "adapter_sha256": sha, "skipped": True}
+        info = {"examples": 0, "steps": 0, "adapter": o.rel(adapter_dir), "adapter_sha256": sha, "skipped": True,
+                "length": lengths.as_dict()}
+        o.commit_step(k, "train", info, lambda: None)
+        return info
+    if k > 0 and o.step_info(k, "version").get("changed") == 0 and o.cfg.loop.on_unchanged == "skip":
+        # Version k equals version k-1: training again would only add epochs on
+        # the same data (measured: dev fell).  Iteration k keeps k-1's adapter;
+        # evaluate then reuses k-1's scores, so it counts towards patience.
+        src = o.adapter_before(k)
+        info = {"examples": len(examples), "steps": 0, "adapter": src,
+                "adapter_sha256": o.adapter_sha(src), "skipped": "unchanged"}
         o.commit_step(k, "train", info, lambda: None)
         return info
     start = o.adapter_before(k) if o.cfg.train.warm_start else None
@@ -510,7 +654,11 @@ def train_step(o: "Orchestrator", k: int) -> dict:
         o.check_stop()
     o.loaded_adapter = o.rel(res.adapter_dir)  # the in-memory weights are iteration k's adapter
     losses = [h.get("total") for h in res.history if h.get("total") is not None]
+    for reason, rows in res.dropped.items():  # the trainer's own check (the loop's fitting leaves it nothing)
+        lengths.drop(reason, rows)
+    lengths.negatives_dropped += res.negatives_dropped
     info = {"examples": len(examples), "steps": res.steps, "adapter": o.rel(res.adapter_dir),
+            "length": lengths.as_dict(),
             "adapter_sha256": res.adapter_sha256,
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
     o.commit_step(k, "train", info, lambda: None)
@@ -518,6 +666,22 @@ def train_step(o: "Orchestrator", k: int) -> dict:
 
 
 # --------------------------------------------------------------------------- evaluate
+
+
+def _answers_reusing_previous(o: "Orchestrator", k: int, examples: list[dict]) -> list[list[str]]:
+    """Greedy answers of iteration k's adapter.  When it is k-1's adapter (an
+    unchanged version that was not retrained) the answers k-1's evaluate
+    already gave are the same texts: reuse them, answer only the rest."""
+    prev = o.previous_iteration(k)
+    same = prev is not None and prev.get("adapter_sha256") and \
+        o.step_info(k, "train").get("adapter_sha256") == prev["adapter_sha256"]
+    known: dict[str, str] = {}
+    if same:
+        known = {p["example_id"]: p["output"] for p in o.store.list_predictions(prev["run_id"], prev["k"], "eval")
+                 if p["sample"] == 0}
+    todo = [e for e in examples if e["id"] not in known]
+    fresh = iter(answer_questions(o, "evaluate", todo, seed=o.seed(k, 4)) if todo else [])
+    return [[known[e["id"]]] if e["id"] in known else next(fresh) for e in examples]
 
 
 def evaluate(o: "Orchestrator", k: int) -> dict:
@@ -528,7 +692,7 @@ def evaluate(o: "Orchestrator", k: int) -> dict:
     # so `mine` at k+1 reuses these predictions instead of answering again
     pool = o.pool_examples(k + 1) if o.cfg.loop.eval_pool else []
     both = dev + pool
-    outs = answer_questions(o, "evaluate", both, seed=o.seed(k, 4))
+    outs = _answers_reusing_previous(o, k, both)
     reference = o.demo_answers(k, [e["id"] for e in pool if e.get("answer") is None]) if pool else {}
     rows = score_rows(o, both, outs, reference)
     dev_ids = {e["id"] for e in dev}
@@ -547,5 +711,5 @@ def evaluate(o: "Orchestrator", k: int) -> dict:
     return info
 
 
-__all__ = ["baseline", "mine", "teach", "agree_step", "version", "train_step", "evaluate",
+__all__ = ["baseline", "mine", "teach", "verify_step", "agree_step", "version", "train_step", "evaluate",
            "build_train_examples", "answer_questions", "score_rows", "accuracy", "mined_errors"]

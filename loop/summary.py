@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 
-STEP_ORDER = ("baseline", "mine", "teach", "agree", "version", "train", "evaluate", "commit")
+STEP_ORDER = ("baseline", "mine", "teach", "verify", "agree", "version", "train", "evaluate", "commit")
 
 
 def _ordered(times: dict) -> dict:
@@ -57,11 +57,18 @@ def print_iteration(console: Console, k: int, m: dict, reason: str | None) -> No
     t.add_row("errors mined", f"{m.get('errors')} of {m.get('mined')}")
     if k > 0:
         t.add_row("refinements", f"{m.get('refinements_asked')} asked, {m.get('refinements_accepted')} accepted")
-    t.add_row("rationales", f"{m.get('accepted')} accepted of {m.get('rationales')}")
+    t.add_row("rationales", f"{m.get('accepted')} accepted of {m.get('rationales')}"
+              + (f"; rejected: {reasons(m.get('rejected'))}" if m.get("rejected") else ""))
     t.add_row("dataset", f"{m.get('dataset_size')} examples ({m.get('changed')} changed)")
     t.add_row("teachers", f"{m.get('teacher_calls')} new calls, {m.get('teacher_cached')} cached, "
               f"{m.get('teacher_failed')} failed; spend ${m.get('spend_usd') or 0:.4f} (run ${m.get('spend_total_usd') or 0:.4f})")
-    t.add_row("training", f"{m.get('train_steps')} steps, loss {_num(m.get('loss_first'))} -> {_num(m.get('loss_last'))}")
+    if m.get("train_skipped") == "unchanged":
+        t.add_row("training", "skipped: the dataset did not change (loop.on_unchanged = \"skip\"); kept the previous adapter")
+    else:
+        t.add_row("training", f"{m.get('train_steps')} steps, loss {_num(m.get('loss_first'))} -> {_num(m.get('loss_last'))}"
+                  + length_note(m.get("length")))
+    if m.get("best_k") is not None:
+        t.add_row("result", f"iteration {m['best_k']} (best dev accuracy so far, {pct(m.get('best_dev_acc'))})")
     times = _ordered(m.get("times") or {})
     t.add_row("time", ", ".join(f"{s} {secs(v)}" for s, v in times.items() if v is not None)
               + f"  (total {secs(sum(v for v in times.values() if v))})")
@@ -72,6 +79,36 @@ def print_iteration(console: Console, k: int, m: dict, reason: str | None) -> No
     console.print(t)
 
 
+def reasons(counts: dict | None) -> str:
+    """{reason: n} -> "meta_talk 3, wrong_answer 1" (largest first)."""
+    items = sorted((counts or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{why} {n}" for why, n in items) or "none"
+
+
+def length_note(stats: dict | None) -> str:
+    """The train step's length counts, when anything was shortened or dropped."""
+    if not stats:
+        return ""
+    parts = []
+    if stats.get("truncated_contexts"):
+        parts.append(f"{stats['truncated_contexts']} contexts shortened in the middle")
+    if stats.get("dropped_rows"):
+        parts.append(f"{stats['dropped_rows']} rows dropped ({reasons(stats.get('dropped'))})")
+    if stats.get("negatives_dropped"):
+        parts.append(f"{stats['negatives_dropped']} negatives dropped")
+    return f"; lengths: {', '.join(parts)}" if parts else ""
+
+
+def best_k(rows: list[dict]) -> int | None:
+    """The result of a run: the iteration with the highest dev accuracy (ties: the earlier)."""
+    best, acc = None, None
+    for it in rows:
+        a = (it.get("metrics") or {}).get("dev_acc")
+        if a is not None and (acc is None or a > acc):
+            best, acc = it["k"], a
+    return best
+
+
 def _num(x) -> str:
     return "-" if x is None else f"{x:.3g}"
 
@@ -80,10 +117,11 @@ def iterations_table(rows: list[dict], title: str | None = None) -> Table:
     """rows: iteration records (list_iterations / get_iteration) with metrics.
     `refined` is refinements accepted/asked."""
     t = Table(title=title)
-    for col in ("k", "dev acc", "change", "errors", "refined", "dataset", "spend $", "time", "stop"):
-        t.add_column(col, justify="right" if col not in ("stop",) else "left")
+    for col in ("k", "dev acc", "change", "errors", "refined", "dataset", "spend $", "time", "stop", "result"):
+        t.add_column(col, justify="right" if col not in ("stop", "result") else "left")
     if rows and (rows[0].get("metrics") or {}).get("baseline_dev_acc") is not None:
-        t.add_row("base", pct(rows[0]["metrics"]["baseline_dev_acc"]), "", "", "", "", "", "", "")
+        t.add_row("base", pct(rows[0]["metrics"]["baseline_dev_acc"]), "", "", "", "", "", "", "", "")
+    best = best_k(rows)
     for it in rows:
         m = it.get("metrics") or {}
         times = _ordered(m.get("times") or {})
@@ -91,13 +129,25 @@ def iterations_table(rows: list[dict], title: str | None = None) -> Table:
             str(it["k"]), pct(m.get("dev_acc")), signed_pts(m.get("delta")), str(m.get("errors", "-")),
             f"{m.get('refinements_accepted', 0)}/{m.get('refinements_asked', 0)}", str(m.get("dataset_size", "-")),
             f"{m.get('spend_usd') or 0:.4f}", secs(sum(v for v in times.values() if v) if times else None),
-            it.get("stop_reason") or "",
+            it.get("stop_reason") or "", "<- best" if it["k"] == best else "",
         )
     return t
 
 
+def result_line(rows: list[dict]) -> str:
+    """The closing line of a run: which iteration is the result and why the run stopped."""
+    best = best_k(rows)
+    if best is None:
+        return "result: no iteration has a dev accuracy yet"
+    it = next(r for r in rows if r["k"] == best)
+    stop = rows[-1].get("stop_reason") or "not stopped"
+    return (f"result: iteration {best} (dev {pct(it['metrics'].get('dev_acc'))}, the best of {len(rows)} "
+            f"iterations; `distillery export best`); stopped: {stop}")
+
+
 def iterations_text(rows: list[dict], baseline: float | None) -> str:
     """The same table as plain text (for logs, the README and reports)."""
+    best = best_k(rows)
     lines = [f"{'k':>3} {'dev acc':>8} {'change':>10} {'errors':>7} {'refined':>9} {'dataset':>8} {'spend $':>8} {'time':>7}  stop"]
     lines.append(f"{'base':>3} {pct(baseline):>8}")
     for it in rows:
@@ -105,9 +155,10 @@ def iterations_text(rows: list[dict], baseline: float | None) -> str:
         times = _ordered(m.get("times") or {})
         lines.append(
             f"{it['k']:>3} {pct(m.get('dev_acc')):>8} {signed_pts(m.get('delta')):>10} {str(m.get('errors', '-')):>7} "
-            f"{str(m.get('refinements_asked', 0)) + '/' + str(m.get('refinements_accepted', 0)):>9} "
+            f"{str(m.get('refinements_accepted', 0)) + '/' + str(m.get('refinements_asked', 0)):>9} "
             f"{str(m.get('dataset_size', '-')):>8} {m.get('spend_usd') or 0:>8.4f} "
             f"{secs(sum(v for v in times.values() if v) if times else None):>7}  {it.get('stop_reason') or ''}"
+            + ("  <- best" if it["k"] == best else "")
         )
     return "\n".join(lines)
 
@@ -117,17 +168,27 @@ def step_line(step: str, info: dict) -> str:
     t = f"({secs:.1f}s)" if isinstance(secs, (int, float)) else ""
     if step == "baseline":
         return f"dev accuracy {pct(info.get('dev_acc'))} {t}"
+    if info.get("skipped") and step in ("mine", "train"):
+        why = "the dataset did not change (loop.on_unchanged = \"skip\")" if info["skipped"] == "unchanged" else info["skipped"]
+        if info["skipped"] is True:
+            why = "nothing accepted yet; the adapter carries over"
+        return f"skipped: {why} {t}"
     if step == "mine":
         return f"{info.get('mined')} pool questions, {info.get('errors')} errors{' (reused eval)' if info.get('reused_eval') else ''} {t}"
     if step == "teach":
         return (f"{info.get('asked')} prompts, {len(info.get('rationales', []))} rationales; calls {info.get('calls')}, "
                 f"cached {info.get('cached')}, failed {info.get('failed')}, ${info.get('spend_usd', 0):.4f} {t}")
+    if step == "verify":
+        judge = info.get("judge")
+        j = f"; judge passed {judge.get('passed')}/{judge.get('asked')}" if judge else ""
+        return f"{info.get('passed')}/{info.get('checked')} derive their answer; rejected: {reasons(info.get('rejected'))}{j} {t}"
     if step == "agree":
         return f"{info.get('accepted')}/{info.get('rationales')} accepted {t}"
     if step == "version":
         return f"{info.get('changed')} examples changed, dataset size {info.get('size')} {t}"
     if step == "train":
-        return f"{info.get('examples')} examples, {info.get('steps')} steps, loss {_num(info.get('loss_first'))} -> {_num(info.get('loss_last'))} {t}"
+        return (f"{info.get('examples')} examples, {info.get('steps')} steps, loss {_num(info.get('loss_first'))} -> "
+                f"{_num(info.get('loss_last'))}{length_note(info.get('length'))} {t}")
     if step == "evaluate":
         return f"dev {pct(info.get('dev_acc'))}, pool {pct(info.get('pool_acc'))} {t}"
     return t

@@ -39,6 +39,7 @@ SAMPLE_VARIABLES: dict[str, Any] = {
     "previous": "He sells 3/4 of 12 = 9 loaves a day.\n9 loaves x $2 = $18 a day.\n$18 x 5 days = $90.\n#### 90",
     "demonstration": "He sells 3/4 of 12 = 9 loaves a day.\n9 loaves x $2 = $18 a day.\n$18 x 5 days = $90.\n#### 90",
     "student_output": "12 loaves x $2 = $24 a day. $24 x 5 = $120.\n#### 120",
+    "rationale": "He sells 3/4 of 12 = 9 loaves a day.\n9 loaves x $2 = $18 a day.\n$18 x 5 days = $90.\n#### 90",
 }
 
 

@@ -402,22 +402,30 @@ class RecordsMixin:
             )
         return rid
 
-    def set_accepted(self, rationale_id: str, accepted: bool, agreement: float | None) -> None:
+    def set_accepted(
+        self, rationale_id: str, accepted: bool, agreement: float | None, *,
+        rejected_reason: str | None = None, verify_call: str | None = None,
+    ) -> None:
+        """Record the verdict on a rationale: accepted or not, the agreement
+        fraction, and for a rejection its reason code (teachers/verify.py REASONS,
+        or agree's `wrong_answer` / `no_majority`) and the judge call, if any."""
+        if accepted:
+            rejected_reason = None
         with self.transaction() as c:
             cur = c.execute(
-                "UPDATE rationales SET accepted = ?, agreement = ? WHERE id = ?",
-                (int(bool(accepted)), agreement, rationale_id),
+                "UPDATE rationales SET accepted = ?, agreement = ?, rejected_reason = ?, verify_call = ? WHERE id = ?",
+                (int(bool(accepted)), agreement, rejected_reason, verify_call, rationale_id),
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no rationale with id {rationale_id!r}")
 
     _RAT_COLS = (
         "id", "example_id", "text", "answer", "source", "teacher_call", "parent_id",
-        "error_prediction", "accepted", "agreement", "run_id", "k", "created",
+        "error_prediction", "accepted", "agreement", "run_id", "k", "created", "rejected_reason", "verify_call",
     )
     _RAT_SQL = (
         "SELECT r.id, r.example_id, t.body, r.answer, r.source, r.teacher_call, r.parent_id,"
-        " r.error_prediction, r.accepted, r.agreement, r.run_id, r.k, r.created"
+        " r.error_prediction, r.accepted, r.agreement, r.run_id, r.k, r.created, r.rejected_reason, r.verify_call"
         " FROM rationales r JOIN texts t ON t.hash = r.text_hash"
     )
 
@@ -446,6 +454,15 @@ class RecordsMixin:
                 args.append(v)
         sql = self._RAT_SQL + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY r.rowid"
         return [self._rat_row(r) for r in self.conn.execute(sql, args).fetchall()]
+
+    def rejection_counts(self, run_id: int, k: int) -> dict[str, int]:
+        """{reason: rationales} of the rejections written at (run, k)."""
+        rows = self.conn.execute(
+            "SELECT COALESCE(rejected_reason, 'unknown'), COUNT(*) FROM rationales"
+            " WHERE run_id = ? AND k = ? AND accepted = 0 GROUP BY 1 ORDER BY 2 DESC, 1",
+            (run_id, k),
+        ).fetchall()
+        return {r: n for r, n in rows}
 
     # ---------------------------------------------------------------- events
     def log_event(

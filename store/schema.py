@@ -171,6 +171,20 @@ def m001_initial(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m002_rationale_verdicts(conn: sqlite3.Connection) -> None:
+    conn.executescript(
+        """
+        -- Why a rationale was not accepted (verify's structural checks or judge,
+        -- or agree: wrong answer / no majority); NULL when accepted or not judged.
+        ALTER TABLE rationales ADD COLUMN rejected_reason TEXT;
+        -- The judge teacher's call that decided it (the verify template), if any.
+        ALTER TABLE rationales ADD COLUMN verify_call TEXT REFERENCES teacher_calls(key);
+        CREATE INDEX rationales_run ON rationales(run_id, k);
+        """
+    )
+
+
 def _pending(conn: sqlite3.Connection) -> list[tuple[str, Migration]]:
     has = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'").fetchone()
     done = {row[0] for row in conn.execute("SELECT name FROM _migrations")} if has else set()

@@ -143,7 +143,8 @@ class ViewsMixin:
                     self._RAT_SQL + " WHERE r.example_id = ? ORDER BY r.rowid", (example_id,)
                 )
             ]
-            keys = [r["teacher_call"] for r in rats if r["teacher_call"]]
+            # the calls that wrote each rationale, and the judge calls that rejected one
+            keys = [key for r in rats for key in (r["teacher_call"], r["verify_call"]) if key]
             calls = []
             for key in dict.fromkeys(keys):
                 c = self.conn.execute(

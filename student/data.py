@@ -13,6 +13,13 @@ of each sequence; `collate` records those positions per row so the trainer can
 gather student and teacher logits into one [B, L] completion grid where index j
 means "y_j" for everybody (`student/teacher.py: aligned_forward`).  Batches are
 right-padded (positions then start at 0 in every row, like an unpadded run).
+
+Lengths (the rule of student/lengths.py): nothing is truncated.  A row keeps
+its whole y (tokens + eos) and its whole student prompt, and every context is
+budgeted on its own, ``len(context) + len(y) <= max_length``.  `encode` raises
+`RowTooLong` ("prompt_too_long" / "teacher_context_too_long") for a row that
+breaks it and drops only a negative context that breaks it; the trainer drops
+such rows up front and reports them.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from dataclasses import dataclass, fields
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from student.errors import PROMPT_TOO_LONG, TEACHER_CONTEXT_TOO_LONG, RowTooLong
+from student.lengths import completion_ids
 from student.model import prompt_ids
 
 Messages = list[dict]
@@ -56,11 +65,44 @@ class Encoded:
     teacher_prompt_ids: list[list[int]]  # exactly K contexts
     negative_prompt_ids: list[int] | None
     weight: float
+    negative_dropped: bool = False  # the example has a negative context, but it did not fit with y
 
 
-def completion_ids(tokenizer, text: str) -> list[int]:
-    """y tokens: the completion text followed by eos (the end of the assistant turn)."""
-    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+def context_ids(tokenizer, ex: TrainExample, num_contexts: int = 1) -> tuple[list[int], list[list[int]], list[int] | None]:
+    """(student prompt, the K teacher contexts, negative context or None) as token ids.
+
+    K = num_contexts teacher contexts: the example's own contexts, cycled when it
+    has fewer than K (agreement is then partly with itself), or the student's
+    prompt when it has none (the teacher then differs only by its adapter)."""
+    # student/model.py:prompt_ids is the one prompt encoder generation uses too,
+    # so a question is seen identically in training and at evaluation
+    prompt = prompt_ids(tokenizer, ex.prompt)
+    if ex.teacher_prompts:
+        own = [prompt_ids(tokenizer, m) for m in ex.teacher_prompts[:num_contexts]]
+        teachers = [own[k % len(own)] for k in range(num_contexts)]
+    else:
+        teachers = [prompt for _ in range(num_contexts)]
+    negative = prompt_ids(tokenizer, ex.negative_prompt) if ex.negative_prompt is not None else None
+    return prompt, teachers, negative
+
+
+def check_lengths(
+    prompt: list[int],
+    teachers: list[list[int]],
+    negative: list[int] | None,
+    y: list[int],
+    max_length: int,
+) -> list[int] | None:
+    """Apply the length rule to one row's ids; returns the negative context to
+    keep (None when there is none or it does not fit).  Raises RowTooLong."""
+    if len(prompt) + len(y) > max_length:
+        raise RowTooLong(PROMPT_TOO_LONG, len(prompt), len(y), max_length)
+    for k, t in enumerate(teachers):
+        if len(t) + len(y) > max_length:
+            raise RowTooLong(TEACHER_CONTEXT_TOO_LONG, len(t), len(y), max_length, what=f"teacher context {k}")
+    if negative is not None and len(negative) + len(y) > max_length:
+        return None
+    return negative
 
 
 def encode(
@@ -73,32 +115,32 @@ def encode(
 ) -> Encoded:
     """Tokenize `ex`; `completion` replaces y (on-policy samples are ids already).
 
-    K = num_contexts teacher contexts: the example's own contexts, cycled when it
-    has fewer than K (agreement is then partly with itself), or the student's
-    prompt when it has none (the teacher then differs only by its adapter).
-    Every sequence is cut to max_length: prompts keep their end (the question
-    and the generation prompt), and y is cut to the room the longest context
-    leaves, identically for all, so the positions still line up.
+    K = num_contexts teacher contexts (see `context_ids`).  Nothing is cut:
+    every context must fit next to the whole y, ``len(context) + len(y) <=
+    max_length``, each on its own.  Raises `RowTooLong` with reason
+    "prompt_too_long" when the student prompt does not fit, or
+    "teacher_context_too_long" when a teacher context does not; a negative
+    context that does not fit is dropped (negative_prompt_ids None,
+    negative_dropped True) and the row kept.
     """
-    # student/model.py:prompt_ids is the one prompt encoder generation uses too,
-    # so a question is seen identically in training and at evaluation
-    prompt = prompt_ids(tokenizer, ex.prompt)
-    contexts = ex.teacher_prompts or [ex.prompt]
-    teachers = [prompt_ids(tokenizer, contexts[k % len(contexts)]) for k in range(num_contexts)]
-    negative = prompt_ids(tokenizer, ex.negative_prompt) if ex.negative_prompt is not None else None
+    prompt, teachers, negative = context_ids(tokenizer, ex, num_contexts)
     y = list(completion) if completion is not None else completion_ids(tokenizer, ex.completion)
+    return encode_ids(prompt, teachers, negative, y, max_length, ex.weight)
 
-    keep = max_length - 1  # a prompt always leaves room for at least one y token
-    prompt, teachers = prompt[-keep:], [t[-keep:] for t in teachers]
-    negative = negative[-keep:] if negative is not None else None
-    longest = max([len(prompt), *map(len, teachers), len(negative) if negative is not None else 0])
-    y = y[: max_length - longest]
-    return Encoded(prompt, y, teachers, negative, ex.weight)
+
+def encode_ids(prompt, teachers, negative, y: list[int], max_length: int, weight: float = 1.0) -> Encoded:
+    """`encode` from token ids (`context_ids` and y): checks the length rule."""
+    kept = check_lengths(prompt, teachers, negative, y, max_length)
+    return Encoded(prompt, y, teachers, kept, weight, negative_dropped=negative is not None and kept is None)
 
 
 @dataclass
 class Batch:
     """Padded tensors of one micro-batch.  B rows, L = longest y, K contexts.
+
+    Every row holds its whole y and whole contexts (nothing is truncated; see
+    the module docstring): rows differ in length only by padding, so one long
+    context widens its own block (S_t) but never shortens another row's y.
 
     input_ids/attention_mask [B, S]; positions [B, L] (the logit index that
     predicts y_j, 0 on padding); labels [B, L] (y_j, -100 on padding);

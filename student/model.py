@@ -45,6 +45,9 @@ ADAPTER_NAMES = ("student", "teacher")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WEIGHTS_FILE = "adapter_model.safetensors"  # PEFT's file name, so vLLM can load our adapters
 META_FILE = "distillery_adapter.json"
+# transformers' VERY_LARGE_INTEGER: a tokenizer's "no maximum length"; the
+# student's own limit is ModelConfig.max_length (see student/lengths.py)
+NO_LENGTH_LIMIT = int(1e30)
 
 # ChatML; the fallback template for tokenizers that ship without one.
 CHATML_TEMPLATE = (
@@ -307,7 +310,10 @@ def _prepare_tokenizer(tok, model, cfg: ModelConfig) -> None:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    tok.model_max_length = cfg.max_length
+    # max_length is ours to enforce (student/lengths.py: rows are checked, never
+    # cut): the tokenizer gets no limit, so it neither truncates nor prints its
+    # raw "sequence length is longer than the specified maximum" warning
+    tok.model_max_length = NO_LENGTH_LIMIT
     # generate() reads these; an HF model may lack a pad id.
     gc = model.generation_config
     if gc.pad_token_id is None:

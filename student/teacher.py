@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from student.data import Batch, TrainExample, encode
+from student.data import Batch, Encoded, TrainExample, context_ids, encode_ids
 from student.generate import left_pad, rng_devices
+from student.lengths import completion_ids
 from student.model import Student, prompt_ids
 
 
@@ -172,13 +173,21 @@ def sample_completions(
     temperature: float,
     max_new_tokens: int,
     seed: int,
+    prompts: list[list[int]] | None = None,
 ) -> list[list[int]]:
     """y ~ student(· | x) at temperature τ, one sample per example, as token ids
     (kept as ids so the loss sees exactly the sampled tokens, eos included when
     it was reached).  Batched, left-padded, KV cache; the global RNG is forked
-    so sampling neither depends on nor disturbs the training stream."""
+    so sampling neither depends on nor disturbs the training stream.
+
+    `prompts`: the examples' student prompts as ids when the caller has them.
+    A sample holds at most `max_new_tokens` tokens, eos included; a training
+    caller passes `on_policy_cap(...)` so every sample fits the length rule
+    (student/lengths.py) and is never cut afterwards."""
     tok = student.tokenizer
-    ids, att = left_pad([prompt_ids(tok, ex.prompt) for ex in examples], tok.pad_token_id, student.device)
+    if prompts is None:
+        prompts = [prompt_ids(tok, ex.prompt) for ex in examples]
+    ids, att = left_pad(prompts, tok.pad_token_id, student.device)
     enc = {"input_ids": ids, "attention_mask": att}
     with student.use_adapter("student") as model, torch.random.fork_rng(devices=rng_devices(student)):
         torch.manual_seed(seed)
@@ -208,6 +217,19 @@ def sample_completions(
     return result
 
 
+def on_policy_cap(contexts: list[tuple[list[int], list[list[int]]]], max_length: int, max_new_tokens: int) -> int:
+    """The most new tokens an on-policy y of this micro-batch may have:
+    ``min(max_new_tokens, max_length − longest context)``, at least 1, where the
+    longest context is over every row's student prompt and K teacher contexts
+    (`contexts`: (prompt ids, teacher ids) per row).  A sample then fits next to
+    every context of its row (len(context) + len(y) <= max_length), so an
+    on-policy row never needs cutting.  Negative contexts do not count: one long
+    negative would shorten every row's sample; a negative that does not fit next
+    to the sample is dropped for that row instead (Encoded.negative_dropped)."""
+    longest = max(len(c) for prompt, teachers in contexts for c in (prompt, *teachers))
+    return max(1, min(max_new_tokens, max_length - longest))
+
+
 def encode_batch(
     student: Student,
     examples: list[TrainExample],
@@ -217,13 +239,23 @@ def encode_batch(
     temperature: float = 1.0,
     max_new_tokens: int = 256,
     seed: int = 0,
-):
-    """Encode a micro-batch: y = d off-policy, y ~ student on-policy."""
+) -> list[Encoded]:
+    """Encode a micro-batch: y = d off-policy, y ~ student on-policy.
+
+    On-policy samples hold at most `on_policy_cap(...)` tokens (the smaller of
+    `max_new_tokens` and the room the batch's longest student/teacher context
+    leaves in model.max_length).  The length rule is checked either way
+    (`student/data.py: encode`): RowTooLong for a row that does not fit (only
+    possible off-policy, or when a context alone leaves no room at all)."""
     tok, max_len = student.tokenizer, student.model_cfg.max_length
-    ys: list[list[int] | None] = [None] * len(examples)
+    ctx = [context_ids(tok, ex, num_contexts) for ex in examples]
     if on_policy:
-        ys = sample_completions(student, examples, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    return [encode(tok, ex, num_contexts=num_contexts, max_length=max_len, completion=y) for ex, y in zip(examples, ys)]
+        cap = on_policy_cap([(p, t) for p, t, _ in ctx], max_len, max_new_tokens)
+        ys = sample_completions(student, examples, temperature=temperature, max_new_tokens=cap, seed=seed,
+                                prompts=[p for p, _, _ in ctx])
+    else:
+        ys = [completion_ids(tok, ex.completion) for ex in examples]
+    return [encode_ids(p, t, n, y, max_len, ex.weight) for (p, t, n), y, ex in zip(ctx, ys, examples)]
 
 
 __all__ = [
@@ -233,6 +265,7 @@ __all__ = [
     "ema_pairs",
     "ema_update",
     "encode_batch",
+    "on_policy_cap",
     "sample_completions",
     "teacher_forward",
     "use_on_policy",

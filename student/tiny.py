@@ -20,6 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 # lazily, so the import is one-way); eos is <|im_end|> so generation stops at
 # the end of the assistant's turn.
 from student.model import CHATML_TEMPLATE as CHAT_TEMPLATE
+from student.model import NO_LENGTH_LIMIT
 
 # Special tokens first so their ids are stable (pad=0, unk=1, bos=2, eos=3).
 PAD, UNK, BOS, EOS, IM_START = "<|pad|>", "<|unk|>", "<|bos|>", "<|im_end|>", "<|im_start|>"
@@ -53,7 +54,7 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
         bos_token=BOS,
         eos_token=EOS,
         padding_side="left",
-        model_max_length=4096,
+        model_max_length=NO_LENGTH_LIMIT,  # the length rule is the student's (student/lengths.py)
     )
     fast.add_special_tokens({"additional_special_tokens": [IM_START]})
     fast.chat_template = CHAT_TEMPLATE
@@ -75,7 +76,7 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerFast, *, seed: int = 0, max_l
         num_key_value_heads=2,
         max_position_embeddings=max(max_length, 512),
         rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,  # tied, the random model only repeats its last input token ("\n")
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -23,6 +23,18 @@ steps ran ~25% slower (casts outweigh the tiny matmuls), so it stays fp32.
 bench/train_bench.py prints the measured CPU autocast speedup.  Trainable
 weights stay fp32 and every loss is computed in fp32.
 
+Lengths (the rule of student/lengths.py): nothing is truncated.  Every
+example is encoded up front with y = its demonstration; a row whose student
+prompt or a teacher context does not fit next to its whole y within
+model.max_length is dropped with a warning (TrainResult.dropped: reason →
+rows), and a negative context that does not fit is left out of its row
+(TrainResult.negatives_dropped).  Dropping is a pure function of the examples
+and the model config, both in the fingerprint (with the rule's version,
+LENGTH_RULE), so resume is unaffected; the counts are also written, outside
+the fingerprint, under "lengths" in the resolved config.  On-policy samples
+are capped so they always fit (student/teacher.py: on_policy_cap); a step
+record's "negatives_dropped" counts its rows trained without their negative.
+
 Checkpoints (out_dir/checkpoints/step-NNNNNN/, written to a .tmp directory and
 renamed, the previous one removed afterwards): student.safetensors and
 teacher.safetensors (adapter weights), optimizer.safetensors (AdamW moments),
@@ -51,7 +63,7 @@ from safetensors.torch import load_file, save_file
 
 from student.config import LossConfig, TrainConfig
 from student.data import Encoded, TrainExample, collate, encode, micro_batch_indices, micro_batches_per_epoch
-from student.errors import StudentError
+from student.errors import RowTooLong, StudentError
 from student.losses import unisd_loss
 from student.model import Student
 from student.teacher import AlignedLM, ema_pairs, ema_update, encode_batch, teacher_forward, use_on_policy
@@ -60,6 +72,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
+LENGTH_RULE = "whole-rows-1"  # student/lengths.py: rows kept whole or dropped, never cut
 
 
 @dataclass
@@ -69,6 +82,8 @@ class TrainResult:
     adapter_dir: Path | None = None  # out_dir/adapter (None when stopped early)
     adapter_sha256: str | None = None  # sha256 of adapter_model.safetensors
     stopped: bool = False  # should_stop() asked us to stop; a checkpoint was written
+    dropped: dict[str, int] = field(default_factory=dict)  # reason code -> examples left out (too long)
+    negatives_dropped: int = 0  # examples trained without their negative context (too long)
 
 
 def train(
@@ -96,6 +111,26 @@ def train(
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     student.device = device  # under several GPUs each rank owns its own device
     use_bf16 = _use_bf16(train_cfg, device, getattr(student.model.config, "hidden_size", 0) or 0)
+    # the fingerprint hashes the examples as given: what is dropped below follows from them
+    config = _resolved_config(train_cfg, loss_cfg, world, examples, student)
+
+    # ---- the length rule: drop the rows that do not fit (nothing is cut)
+    total_examples = len(examples)
+    examples, encoded_cache, dropped, negatives_dropped = _fit_examples(student, examples, loss_cfg)
+    config["lengths"] = {"rows": len(examples), "dropped": dropped, "negatives_dropped": negatives_dropped}
+    max_length = student.model_cfg.max_length
+    if not examples:
+        raise StudentError(
+            f"train: none of the {total_examples} examples fits student.max_length = {max_length} "
+            f"({_reasons(dropped)}); raise student.max_length"
+        )
+    if accelerator.is_main_process and dropped:
+        log.warning("train: left out %d of %d examples longer than student.max_length = %d (%s); "
+                    "raise student.max_length to train on them",
+                    sum(dropped.values()), total_examples, max_length, _reasons(dropped))
+    if accelerator.is_main_process and negatives_dropped and loss_cfg.contrastive > 0:
+        log.warning("train: %d examples train without their negative context: it does not fit next to "
+                    "the demonstration within student.max_length = %d", negatives_dropped, max_length)
 
     # ---- the schedule: micro-batches → optimizer steps
     n, bs, accum = len(examples), train_cfg.batch_size, train_cfg.grad_accum
@@ -104,7 +139,6 @@ def train(
     warmup = round(train_cfg.warmup_ratio * total_steps)
     needs_teacher = loss_cfg.kd > 0 or loss_cfg.contrastive > 0 or loss_cfg.feature > 0
     use_ema = needs_teacher and loss_cfg.teacher_adapter == "ema"
-    config = _resolved_config(train_cfg, loss_cfg, world, examples, student)
 
     # ---- model and optimizer
     params = student.trainable_parameters()
@@ -130,7 +164,6 @@ def train(
     # ---- the loop
     bar = _progress_bar(progress and accelerator.is_main_process, total_steps, step)
     stopped = False
-    encoded_cache: dict[int, Encoded] = {}
     pairs = ema_pairs(student) if use_ema else None  # the live teacher/student adapter tensors
     while step < total_steps:
         lr = _lr(step, total_steps, warmup, train_cfg.lr)
@@ -146,6 +179,7 @@ def train(
                               seed=(train_cfg.seed * 1_000_003 + micro * 101 + rank) % 2**31)
             batch = collate(encoded, student.tokenizer.pad_token_id).to(device)
             input_tokens += int(batch.attention_mask.sum())
+            record["negatives_dropped"] = record.get("negatives_dropped", 0) + sum(e.negative_dropped for e in encoded)
             with _autocast(device, use_bf16):
                 teacher = teacher_forward(student, batch, loss_cfg.teacher_adapter, with_negative=loss_cfg.contrastive > 0) if needs_teacher else None
             # DDP all-reduces on every backward unless told not to: only the last
@@ -193,7 +227,7 @@ def train(
     if bar is not None:
         bar.close()
     if stopped:
-        return TrainResult(step, history, None, None, stopped=True)
+        return TrainResult(step, history, None, None, stopped=True, dropped=dropped, negatives_dropped=negatives_dropped)
 
     # ---- the final adapter, with the config that made it beside it
     adapter_dir = out_dir / "adapter"
@@ -201,16 +235,39 @@ def train(
         student.save_adapter(adapter_dir, "student")
         _write_json(adapter_dir / "train_config.json", config)
     accelerator.wait_for_everyone()
-    return TrainResult(step, history, adapter_dir, _sha256(adapter_dir / "adapter_model.safetensors"))
+    return TrainResult(step, history, adapter_dir, _sha256(adapter_dir / "adapter_model.safetensors"),
+                       dropped=dropped, negatives_dropped=negatives_dropped)
 
 
 # --------------------------------------------------------------------------- pieces
 
 
-def _encode(student, examples, idx, loss_cfg, on_policy: bool, cache: dict, seed: int) -> list[Encoded]:
-    """Token ids of one micro-batch: y ~ student when on-policy (sampled, then
-    encoded around the sampled ids), else y = d, whose encoding never changes
-    and is therefore tokenized once per example."""
+def _fit_examples(student, examples, loss_cfg) -> tuple[list[TrainExample], list[Encoded], dict[str, int], int]:
+    """Encode every example with y = its demonstration and keep those that fit
+    model.max_length: (kept examples, their encodings, reason -> examples
+    dropped, kept examples without their negative).  Deterministic (tokenizer,
+    max_length and the examples), so every rank and every resume agree."""
+    kept, encoded, dropped, negatives = [], [], {}, 0
+    for ex in examples:
+        try:
+            e = encode(student.tokenizer, ex, num_contexts=loss_cfg.num_contexts, max_length=student.model_cfg.max_length)
+        except RowTooLong as exc:
+            dropped[exc.reason] = dropped.get(exc.reason, 0) + 1
+            continue
+        kept.append(ex)
+        encoded.append(e)
+        negatives += e.negative_dropped
+    return kept, encoded, dict(sorted(dropped.items())), negatives
+
+
+def _reasons(dropped: dict[str, int]) -> str:
+    return ", ".join(f"{reason}: {rows}" for reason, rows in dropped.items())
+
+
+def _encode(student, examples, idx, loss_cfg, on_policy: bool, cache: list[Encoded], seed: int) -> list[Encoded]:
+    """Token ids of one micro-batch: y ~ student when on-policy (sampled with a
+    cap that keeps every row within max_length, then encoded around the sampled
+    ids), else y = d, whose encoding never changes and was made up front."""
     if on_policy:
         return encode_batch(
             student,
@@ -221,10 +278,6 @@ def _encode(student, examples, idx, loss_cfg, on_policy: bool, cache: dict, seed
             max_new_tokens=loss_cfg.on_policy_max_new_tokens,
             seed=seed,
         )
-    for i in idx:
-        if i not in cache:
-            cache[i] = encode(student.tokenizer, examples[i], num_contexts=loss_cfg.num_contexts,
-                              max_length=student.model_cfg.max_length)
     return [cache[i] for i in idx]
 
 
@@ -279,6 +332,9 @@ def _resolved_config(train_cfg, loss_cfg, world, examples, student) -> dict:
         "world_size": world,
         "num_examples": len(examples),
         "data_sha256": data_hash.hexdigest(),
+        # checkpoints of the old trainer (which cut rows to fit) scheduled a different
+        # set of rows: a new rule version makes them start fresh instead of resuming
+        "length_rule": LENGTH_RULE,
     }
     cfg["fingerprint"] = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
     return cfg

@@ -34,6 +34,8 @@ class TeacherConfig(BaseModel):
     input_cost_per_token: float | None = Field(None, ge=0)  # for local/unknown models
     output_cost_per_token: float | None = Field(None, ge=0)
     extra: dict[str, Any] = Field(default_factory=dict)  # passed through to litellm
+    # false: the teacher writes no rationales (e.g. one used only as the [verify] judge)
+    teach: bool = True
 
     @field_validator("name")
     @classmethod

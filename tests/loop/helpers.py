@@ -34,15 +34,44 @@ def task_rows():
     return generate_task(0, POOL, DEV, 1, 20)
 
 
+def _quoted_after(text: str, label: str) -> str | None:
+    """The text between the triple quotes that follow `label` in a prompt."""
+    m = re.search(re.escape(label) + r'\s*"""\n(.*?)\n"""', text, re.S)
+    return m.group(1) if m else None
+
+
+REFINE_KINDS = ("derivation", "parrot", "copy_previous", "copy_student")
+
+
+def refine_kind(i: int) -> str:
+    """What the scripted teacher writes for the refine prompt of pool question i."""
+    return REFINE_KINDS[i % 4]
+
+
 def teacher_answer(messages):
-    """The scripted teacher: find the question in the prompt, answer from gold."""
+    """The scripted teacher: find the question in the prompt, answer from gold.
+
+    seed (`rationale`): the gold derivation, except every other question gets a
+    careless answer with no computation (rejected by verify).  `refine`: by
+    question, a real derivation, parroting of the gold answer, a copy of the
+    demonstration the student studied, or a copy of the student's wrong output;
+    only the derivation may be accepted.  `verify` (the judge): PASS."""
     pool, dev = task_rows()
     text = "\n".join(m["content"] for m in messages)
+    if "Solution to check:" in text:  # the verify template
+        return "VERDICT: PASS\nREASON: it computes the answer from the question's numbers."
     for i, row in enumerate(pool + dev):
         if row["question"] in text:
-            if "Solution the student studied" in text:  # the refine template
-                return "The student's mistake: it did not track the running total.\n" + row["rationale"]
-            if i % 2 == 1:  # seed: deliberately wrong for every other question
+            if "A student answered it wrongly" in text:  # the refine template
+                kind = refine_kind(i)
+                if kind == "parrot":
+                    return f"The student's answer is: {row['answer']}"
+                if kind == "copy_previous":
+                    return _quoted_after(text, "The solution the student had studied:")
+                if kind == "copy_student":
+                    return _quoted_after(text, "A student answered it wrongly:")
+                return "Keep a running total after every step.\n" + row["rationale"]
+            if i % 2 == 1:  # seed: deliberately careless for every other question
                 return "A careless solution.\n#### " + str(int(row["answer"]) + 1)
             return row["rationale"]
     return "I could not find the question.\n#### 0"
@@ -68,7 +97,7 @@ seed = 0
 name = "tiny"
 device = "cpu"
 dtype = "float32"
-max_length = 96
+max_length = 512
 
 [lora]
 r = 4

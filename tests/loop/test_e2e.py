@@ -11,7 +11,7 @@ import json
 
 from store import Store
 
-from tests.loop.helpers import datasets, run_inprocess
+from tests.loop.helpers import datasets, refine_kind, run_inprocess, task_rows
 
 
 def _json(capsys, ws, *args):
@@ -35,10 +35,27 @@ def test_three_iterations_mine_refine_version_and_lineage(finished, capsys):
     assert m[0]["baseline_dev_acc"] is not None
     assert m[0]["rationales"] == 12 and m[0]["accepted"] == 6  # every other seed answer is wrong on purpose
     assert m[0]["dataset_size"] == 6
+    assert m[0]["rejected"] == {"no_computation": 6}  # the careless seeds state an answer without computing it
+    pool = {row["question"]: i for i, row in enumerate(task_rows()[0])}
+    examples = {e["id"]: e for e in st.list_examples("pool")}
     for k in (1, 2):
         assert m[k]["errors"] > 0  # the tiny student is wrong: errors are mined...
         assert m[k]["refinements_asked"] == m[k]["errors"]  # ...each one refined...
-        assert m[k]["refinements_accepted"] == m[k]["errors"]  # ...and the fake teacher refines correctly
+        # ...and only the real derivations among the refinements are accepted
+        refined = [r for r in st.list_rationales(run_id=run["id"], k=k) if r["error_prediction"] is not None]
+        assert refined
+        for r in refined:
+            kind = refine_kind(pool[examples[r["example_id"]]["question"]])
+            want = {"derivation": None, "parrot": "meta_talk", "copy_previous": "copy_of_previous",
+                    "copy_student": "copy_of_student_output"}[kind]
+            assert r["accepted"] is (want is None), (kind, r)
+            assert r["rejected_reason"] == want, (kind, r["text"])
+    show1 = _json(capsys, ws, "show", "1")
+    kinds = {refine_kind(pool[examples[p["example_id"]]["question"]])
+             for p in st.list_predictions(run["id"], 1, "mine") if p["correct"] is False}
+    expected = {"parrot": "meta_talk", "copy_previous": "copy_of_previous", "copy_student": "copy_of_student_output"}
+    assert set(show1["rejections"]) == {expected[kd] for kd in kinds if kd in expected}
+    assert m[1]["refinements_accepted"] == sum(1 for kd in kinds if kd == "derivation")
     assert st.get_iteration(run["id"], 2)["stop_reason"] == "max_iterations"
 
     # one example's lineage: seed rationale at k=0 -> wrong answer mined at k=1
@@ -50,6 +67,10 @@ def test_three_iterations_mine_refine_version_and_lineage(finished, capsys):
     trace = _json(capsys, ws, "trace", eid)
     text = json.dumps(trace)
     assert seed_rid in text and new_rid in text
+    # a rejected refinement shows its reason in trace
+    parroted = next(r for r in st.list_rationales(run_id=run["id"], k=1) if r["rejected_reason"] == "meta_talk")
+    traced = {r["id"]: r for r in _json(capsys, ws, "trace", parroted["example_id"])["rationales"]}
+    assert traced[parroted["id"]]["rejected_reason"] == "meta_talk" and traced[parroted["id"]]["accepted"] is False
     rats = {r["id"]: r for r in st.list_rationales(example_id=eid)}
     refined = rats[new_rid]
     assert refined["parent_id"] == seed_rid and refined["accepted"] is True and refined["k"] == 1

@@ -5,6 +5,7 @@ import torch
 
 from student.config import LossConfig
 from student.data import TrainExample, collate, completion_ids, encode, micro_batch_indices
+from student.errors import RowTooLong
 from student.losses import generalized_jsd, unisd_loss
 from student.model import prompt_ids
 from student.teacher import (
@@ -58,13 +59,20 @@ def test_collate_positions_point_at_the_logit_that_predicts_each_y_token(tiny_st
     assert batch.input_ids[:, 0].ne(tiny_student.tokenizer.pad_token_id).all()  # right padding
 
 
-def test_truncation_keeps_alignment(tiny_student):
+def test_encode_at_the_exact_fit_keeps_every_token_and_one_less_is_an_error(tiny_student):
+    # nothing is truncated any more (student/lengths.py): a row fits whole or is refused
     tok = tiny_student.tokenizer
     ex = toy_examples(2)[1]
-    enc = encode(tok, ex, num_contexts=2, max_length=40)
-    longest = max(len(enc.prompt_ids), *map(len, enc.teacher_prompt_ids), len(enc.negative_prompt_ids))
-    assert longest + len(enc.completion_ids) <= 40 and len(enc.completion_ids) >= 1
-    assert enc.completion_ids == completion_ids(tok, ex.completion)[: len(enc.completion_ids)]
+    y = completion_ids(tok, ex.completion)
+    teachers = [prompt_ids(tok, m) for m in ex.teacher_prompts]
+    fit = max(map(len, teachers)) + len(y)  # the teacher contexts are the longest
+    enc = encode(tok, ex, num_contexts=2, max_length=fit)
+    assert enc.completion_ids == y and enc.prompt_ids == prompt_ids(tok, ex.prompt)
+    assert enc.teacher_prompt_ids == teachers
+    assert enc.negative_prompt_ids == prompt_ids(tok, ex.negative_prompt) and not enc.negative_dropped
+    with pytest.raises(RowTooLong) as err:
+        encode(tok, ex, num_contexts=2, max_length=fit - 1)
+    assert err.value.reason == "teacher_context_too_long"
 
 
 def test_aligned_forward_equals_full_forward_at_positions(tiny_student):
