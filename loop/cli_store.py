@@ -372,6 +372,13 @@ def register(app: typer.Typer) -> None:
                       _fmt(r["error_prediction"]), _fmt(r["accepted"]), r["rejected_reason"] or "-",
                       r["text"][:60].replace("\n", " "))
         c.print(t)
+        if doc["verdicts"]:
+            t = Table(title="verdicts (verify, agree) per iteration")
+            for col in ("run:k", "rationale", "accepted", "rejected because"):
+                t.add_column(col)
+            for v in doc["verdicts"]:
+                t.add_row(f"{v['run']}:{v['k']}", v["rationale_id"], _fmt(v["accepted"]), v["rejected_reason"] or "-")
+            c.print(t)
         for v in doc["dataset"]:
             demos = ", ".join(f"{x['rationale_id']}×{x['weight']:g}" for x in v["demonstrations"])
             c.print(f"  dataset {v['run']}:{v['k']}: {'removed' if v['removed'] else demos}")

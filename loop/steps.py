@@ -453,7 +453,8 @@ def verify_step(o: "Orchestrator", k: int) -> dict:
 
     def write() -> None:
         for rid, reason in rejected.items():
-            o.store.set_accepted(rid, False, None, rejected_reason=reason, verify_call=calls.get(rid))
+            o.store.set_accepted(rid, False, None, rejected_reason=reason, verify_call=calls.get(rid),
+                                 run_id=o.run_id, k=k)
 
     counts: dict[str, int] = {}
     for reason in rejected.values():
@@ -541,7 +542,7 @@ def agree_step(o: "Orchestrator", k: int) -> dict:
 
     def write() -> None:
         for rid, flag, frac, why in decisions:
-            o.store.set_accepted(rid, flag, frac, rejected_reason=why)
+            o.store.set_accepted(rid, flag, frac, rejected_reason=why, run_id=o.run_id, k=k)
 
     accepted = [rid for rid, f, _, _ in decisions if f]
     counts: dict[str, int] = {}
@@ -595,7 +596,7 @@ def version(o: "Orchestrator", k: int) -> dict:
         for ex in gold_writes:
             rid = o.store.add_rationale(ex["id"], ex["rationale"], extract_answer(ex["rationale"], o.fmt), "gold",
                                         run_id=o.run_id, k=k)
-            o.store.set_accepted(rid, True, 1.0)
+            o.store.set_accepted(rid, True, 1.0, run_id=o.run_id, k=k)
             changes[ex["id"]] = [(rid, 1.0)]
         o.store.write_dataset_version(o.run_id, k, changes)
 

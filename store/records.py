@@ -405,10 +405,13 @@ class RecordsMixin:
     def set_accepted(
         self, rationale_id: str, accepted: bool, agreement: float | None, *,
         rejected_reason: str | None = None, verify_call: str | None = None,
+        run_id: int | None = None, k: int | None = None,
     ) -> None:
         """Record the verdict on a rationale: accepted or not, the agreement
         fraction, and for a rejection its reason code (teachers/verify.py REASONS,
-        or agree's `wrong_answer` / `no_majority`) and the judge call, if any."""
+        or agree's `wrong_answer` / `no_majority`) and the judge call, if any.
+        With (run_id, k) the verdict is also kept in `verdicts`, where a later
+        iteration's verdict on the same text does not overwrite this one."""
         if accepted:
             rejected_reason = None
         with self.transaction() as c:
@@ -418,6 +421,31 @@ class RecordsMixin:
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no rationale with id {rationale_id!r}")
+            if run_id is not None and k is not None:
+                c.execute(
+                    "INSERT OR REPLACE INTO verdicts (run_id, k, rationale_id, accepted, agreement, rejected_reason,"
+                    " verify_call, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, k, rationale_id, int(bool(accepted)), agreement, rejected_reason, verify_call, now()),
+                )
+
+    def verdicts(self, *, run_id: int | None = None, k: int | None = None,
+                 rationale_ids: Iterable[str] | None = None) -> list[dict]:
+        """Per-iteration verdicts (run_id, k, rationale_id, accepted, agreement,
+        rejected_reason, verify_call), oldest first."""
+        where, args = [], []
+        for col, v in (("run_id", run_id), ("k", k)):
+            if v is not None:
+                where.append(f"{col} = ?")
+                args.append(v)
+        if rationale_ids is not None:
+            name = self._temp_ids("_vd_ids", rationale_ids)
+            where.append(f"rationale_id IN (SELECT id FROM {name})")
+        rows = self.conn.execute(
+            "SELECT run_id, k, rationale_id, accepted, agreement, rejected_reason, verify_call FROM verdicts"
+            + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY run_id, k, rowid", args
+        ).fetchall()
+        cols = ("run_id", "k", "rationale_id", "accepted", "agreement", "rejected_reason", "verify_call")
+        return [dict(zip(cols, r)) | {"accepted": bool(r[3])} for r in rows]
 
     _RAT_COLS = (
         "id", "example_id", "text", "answer", "source", "teacher_call", "parent_id",
@@ -454,15 +482,6 @@ class RecordsMixin:
                 args.append(v)
         sql = self._RAT_SQL + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY r.rowid"
         return [self._rat_row(r) for r in self.conn.execute(sql, args).fetchall()]
-
-    def rejection_counts(self, run_id: int, k: int) -> dict[str, int]:
-        """{reason: rationales} of the rejections written at (run, k)."""
-        rows = self.conn.execute(
-            "SELECT COALESCE(rejected_reason, 'unknown'), COUNT(*) FROM rationales"
-            " WHERE run_id = ? AND k = ? AND accepted = 0 GROUP BY 1 ORDER BY 2 DESC, 1",
-            (run_id, k),
-        ).fetchall()
-        return {r: n for r, n in rows}
 
     # ---------------------------------------------------------------- events
     def log_event(

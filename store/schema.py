@@ -181,6 +181,22 @@ def m002_rationale_verdicts(conn: sqlite3.Connection) -> None:
         -- The judge teacher's call that decided it (the verify template), if any.
         ALTER TABLE rationales ADD COLUMN verify_call TEXT REFERENCES teacher_calls(key);
         CREATE INDEX rationales_run ON rationales(run_id, k);
+        -- Every verdict per iteration: a rationale is stored once (content hash),
+        -- but the same text can be judged again at a later iteration (e.g. a copy
+        -- of the demonstration it now refines); rationales.accepted/rejected_reason
+        -- hold the latest verdict, this table all of them.
+        CREATE TABLE verdicts (
+            run_id INTEGER NOT NULL REFERENCES runs(id),
+            k INTEGER NOT NULL,
+            rationale_id TEXT NOT NULL REFERENCES rationales(id),
+            accepted INTEGER NOT NULL,
+            agreement REAL,
+            rejected_reason TEXT,
+            verify_call TEXT REFERENCES teacher_calls(key),
+            created TEXT NOT NULL,
+            PRIMARY KEY (run_id, k, rationale_id)
+        );
+        CREATE INDEX verdicts_rationale ON verdicts(rationale_id);
         """
     )
 

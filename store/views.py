@@ -173,10 +173,13 @@ class ViewsMixin:
                 {"run_id": r, "run": names.get(r), "k": k, "demonstrations": d, "removed": not d}
                 for (r, k), d in versions.items()
             ]
+            verdicts = [v | {"run": names.get(v["run_id"])}
+                        for v in self.verdicts(rationale_ids=[r["id"] for r in rats])]
             return {
                 "example": ex,
                 "predictions": preds,
                 "rationales": rats,
+                "verdicts": verdicts,
                 "teacher_calls": calls,
                 "dataset": dataset,
             }

@@ -38,21 +38,25 @@ def test_three_iterations_mine_refine_version_and_lineage(finished, capsys):
     assert m[0]["rejected"] == {"no_computation": 6}  # the careless seeds state an answer without computing it
     pool = {row["question"]: i for i, row in enumerate(task_rows()[0])}
     examples = {e["id"]: e for e in st.list_examples("pool")}
+    rats = {r["id"]: r for r in st.list_rationales(run_id=run["id"])}
     for k in (1, 2):
         assert m[k]["errors"] > 0  # the tiny student is wrong: errors are mined...
         assert m[k]["refinements_asked"] == m[k]["errors"]  # ...each one refined...
         # ...and only the real derivations among the refinements are accepted
-        refined = [r for r in st.list_rationales(run_id=run["id"], k=k) if r["error_prediction"] is not None]
-        assert refined
-        for r in refined:
-            kind = refine_kind(pool[examples[r["example_id"]]["question"]])
+        verdicts = [v for v in st.verdicts(run_id=run["id"], k=k)]
+        assert verdicts
+        for v in verdicts:
+            kind = refine_kind(pool[examples[rats[v["rationale_id"]]["example_id"]]["question"]])
             want = {"derivation": None, "parrot": "meta_talk", "copy_previous": "copy_of_previous",
                     "copy_student": "copy_of_student_output"}[kind]
-            assert r["accepted"] is (want is None), (kind, r)
-            assert r["rejected_reason"] == want, (kind, r["text"])
+            if k == 2 and kind == "derivation":
+                # the same derivation again: it is now the demonstration the student studied
+                want = "copy_of_previous"
+            assert v["accepted"] is (want is None), (k, kind, v)
+            assert v["rejected_reason"] == want, (k, kind, rats[v["rationale_id"]]["text"])
     show1 = _json(capsys, ws, "show", "1")
-    kinds = {refine_kind(pool[examples[p["example_id"]]["question"]])
-             for p in st.list_predictions(run["id"], 1, "mine") if p["correct"] is False}
+    kinds = [refine_kind(pool[examples[p["example_id"]]["question"]])
+             for p in st.list_predictions(run["id"], 1, "mine") if p["sample"] == 0 and p["correct"] is False]
     expected = {"parrot": "meta_talk", "copy_previous": "copy_of_previous", "copy_student": "copy_of_student_output"}
     assert set(show1["rejections"]) == {expected[kd] for kd in kinds if kd in expected}
     assert m[1]["refinements_accepted"] == sum(1 for kd in kinds if kd == "derivation")
@@ -69,11 +73,18 @@ def test_three_iterations_mine_refine_version_and_lineage(finished, capsys):
     assert seed_rid in text and new_rid in text
     # a rejected refinement shows its reason in trace
     parroted = next(r for r in st.list_rationales(run_id=run["id"], k=1) if r["rejected_reason"] == "meta_talk")
-    traced = {r["id"]: r for r in _json(capsys, ws, "trace", parroted["example_id"])["rationales"]}
-    assert traced[parroted["id"]]["rejected_reason"] == "meta_talk" and traced[parroted["id"]]["accepted"] is False
+    traced = _json(capsys, ws, "trace", parroted["example_id"])
+    rows = {r["id"]: r for r in traced["rationales"]}
+    assert rows[parroted["id"]]["rejected_reason"] == "meta_talk" and rows[parroted["id"]]["accepted"] is False
+    assert {"run": "main", "k": 1, "rationale_id": parroted["id"], "accepted": False,
+            "rejected_reason": "meta_talk"}.items() <= next(
+        v for v in traced["verdicts"] if v["rationale_id"] == parroted["id"] and v["k"] == 1).items()
     rats = {r["id"]: r for r in st.list_rationales(example_id=eid)}
     refined = rats[new_rid]
-    assert refined["parent_id"] == seed_rid and refined["accepted"] is True and refined["k"] == 1
+    assert refined["parent_id"] == seed_rid and refined["k"] == 1
+    by_k = {v["k"]: v for v in st.verdicts(run_id=run["id"], rationale_ids=[new_rid])}
+    assert by_k[1]["accepted"] is True  # accepted at k=1; written again at k=2 it is a copy of what it became
+    assert by_k[2]["rejected_reason"] == "copy_of_previous" and refined["accepted"] is False
     err = st.get_prediction(refined["error_prediction"])
     assert err["k"] == 1 and err["phase"] == "mine" and err["correct"] is False and err["example_id"] == eid
     call = st.get_teacher_call(refined["teacher_call"])
@@ -92,8 +103,8 @@ def test_three_iterations_mine_refine_version_and_lineage(finished, capsys):
 
     # an odd example: its seed was wrong (rejected), so its first accepted
     # demonstration is a refinement with no parent, answering a mined error
-    rejected = [r for r in st.list_rationales(run_id=run["id"], k=0) if r["accepted"] is False]
-    assert len(rejected) == 6
+    rejected = [v for v in st.verdicts(run_id=run["id"], k=0) if v["accepted"] is False]
+    assert len(rejected) == 6 and {v["rejected_reason"] for v in rejected} == {"no_computation"}
     st.close()
 
     # nothing duplicated; a second `run` has nothing left to do and asks the teacher nothing
