@@ -173,7 +173,9 @@ def build_report(store, run_name: str | None) -> str:
                          f"<div>after: answer {escape(str(after.get('answer')))}<pre>{escape((after.get('output') or '')[:400])}</pre></div></div>")
         if k > 0:
             owner = it.get("run_id", run["id"])
-            refined = [r for r in store.list_rationales(run_id=owner, k=k) if r.get("error_prediction") and r.get("accepted")]
+            # accepted at this iteration (a text's latest verdict may be a later one's)
+            ok = [v["rationale_id"] for v in store.verdicts(run_id=owner, k=k) if v["accepted"]]
+            refined = [r for r in store.get_rationales(ok).values() if r.get("error_prediction")]
             if refined:
                 h.append(f"<h3>Refinements accepted ({len(refined)}; first {min(len(refined), 5)} shown)</h3>")
             for r in refined[:5]:

@@ -68,8 +68,8 @@ def teacher_answer(messages):
                     return f"The student's answer is: {row['answer']}"
                 if kind == "copy_previous":
                     return _quoted_after(text, "The solution the student had studied:")
-                if kind == "copy_student":
-                    return _quoted_after(text, "A student answered it wrongly:")
+                if kind == "copy_student":  # a blank output has nothing to copy: say so (no answer line)
+                    return _quoted_after(text, "A student answered it wrongly:").strip() or "(nothing to copy)"
                 return "Keep a running total after every step.\n" + row["rationale"]
             if i % 2 == 1:  # seed: deliberately careless for every other question
                 return "A careless solution.\n#### " + str(int(row["answer"]) + 1)

@@ -54,7 +54,7 @@ def test_list_show_render(ws, capsys):
     code, out, _ = cli(capsys, "prompts", "list", "-w", str(ws), "--json")
     assert code == 0
     names = {t["name"]: t for t in json.loads(out)["templates"]}
-    assert set(names) == {"rationale", "refine", "student", "demonstration"}
+    assert set(names) == {"rationale", "refine", "student", "demonstration", "verify"}
     assert all(t["source"] == "workspace" and t["valid"] and not t["modified"] for t in names.values())
     code, out, _ = cli(capsys, "prompts", "show", "refine", "-w", str(ws))
     assert code == 0 and "name: refine" in out
@@ -62,7 +62,7 @@ def test_list_show_render(ws, capsys):
     doc = json.loads(out)
     assert code == 0 and doc["source"].startswith("pool example")
     text = doc["messages"][-1]["content"]
-    assert "Tom has 3 apples" in text and "3 + 4 = 7" in text and "Correct final answer: 7" in text
+    assert "Tom has 3 apples" in text and "3 + 4 = 7" in text and "the correct final answer is 7" in text
     code, out, _ = cli(capsys, "prompts", "render", "student", "-w", str(ws), "--var", "question=What is 2+2?", "--json")
     assert "What is 2+2?" in json.loads(out)["messages"][-1]["content"]
     code, _, err = cli(capsys, "prompts", "render", "student", "-w", str(ws), "--var", "qestion=x")

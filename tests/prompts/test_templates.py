@@ -31,7 +31,7 @@ def write(tmp_path: Path, body: str, name: str = "t") -> Path:
 
 
 def test_defaults_exist_and_render_with_sample_values():
-    assert set(prompts.list_templates()) >= {"rationale", "refine", "student", "demonstration"}
+    assert set(prompts.list_templates()) >= {"rationale", "refine", "student", "demonstration", "verify"}
     for name in ("rationale", "refine", "student", "demonstration"):
         t = load_template(name)
         vars_ = {k: v for k, v in SAMPLE_VARIABLES.items() if k in t.variables + t.optional}
@@ -45,10 +45,12 @@ def test_refine_template_carries_the_undo_inputs():
     assert set(t.variables) == {"question", "previous", "student_output"} and "gold" in t.optional
     with_gold = t.render(question="Q?", previous="old demo", student_output="wrong #### 3", gold="7")
     text = "\n".join(m["content"] for m in with_gold)
-    assert "old demo" in text and "wrong #### 3" in text and "Correct final answer: 7" in text
+    assert "old demo" in text and "wrong #### 3" in text and "the correct final answer is 7" in text
+    # the gold is a hint for the teacher only: the text it writes must not refer to it
+    assert "Do not write it until" in text and "Never mention the student" in text
     assert "####" in with_gold[-1]["content"].splitlines()[-1]  # asks for the same final-answer format
     no_gold = t.render(question="Q?", previous="old demo", student_output="wrong")
-    assert "Correct final answer" not in no_gold[-1]["content"]
+    assert "correct final answer" not in no_gold[-1]["content"]
 
 
 def test_rationale_and_student_ask_for_the_final_answer_line():
@@ -69,7 +71,8 @@ def test_version_is_sha256_of_the_body():
 def test_copy_defaults_keeps_user_edits_and_workspace_copy_wins(tmp_path):
     ws = tmp_path / "ws"
     written = copy_defaults(ws / "prompts")
-    assert {p.name for p in written} == {"rationale.yaml", "refine.yaml", "student.yaml", "demonstration.yaml"}
+    assert {p.name for p in written} == {"rationale.yaml", "refine.yaml", "student.yaml", "demonstration.yaml",
+                                         "verify.yaml"}
     edited = (ws / "prompts" / "student.yaml").read_text().replace("Think step by step", "Reason carefully")
     (ws / "prompts" / "student.yaml").write_text(edited)
     assert copy_defaults(ws / "prompts") == []  # nothing overwritten

@@ -69,7 +69,7 @@ def test_init_creates_workspace(workspace, capsys):
     assert (workspace / "distillery.toml").read_text().startswith("# Distillery")
     assert (workspace / "distillery.db").is_file()
     assert sorted(p.name for p in (workspace / "prompts").iterdir()) == [
-        "demonstration.yaml", "rationale.yaml", "refine.yaml", "student.yaml"
+        "demonstration.yaml", "rationale.yaml", "refine.yaml", "student.yaml", "verify.yaml"
     ]
     from loop.config import load_config
 

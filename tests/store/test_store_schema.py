@@ -23,7 +23,10 @@ EXPECTED = {
     },
     "rationales": {
         "id", "example_id", "text_hash", "answer", "source", "teacher_call", "parent_id",
-        "error_prediction", "accepted", "agreement", "run_id", "k", "created",
+        "error_prediction", "accepted", "agreement", "run_id", "k", "created", "rejected_reason", "verify_call",
+    },
+    "verdicts": {
+        "run_id", "k", "rationale_id", "accepted", "agreement", "rejected_reason", "verify_call", "created",
     },
     "dataset_entries": {"run_id", "k", "example_id", "rationale_id", "weight"},
     "events": {"id", "run_id", "k", "step", "kind", "message", "data", "created"},
@@ -84,7 +87,7 @@ def test_failing_migration_keeps_previous_schema(tmp_path, monkeypatch):
         Store.open(tmp_path / "d.db")
     conn = sqlite3.connect(tmp_path / "d.db")
     assert "half_done" not in tables(conn)
-    assert [r[0] for r in conn.execute("SELECT name FROM _migrations")] == ["m001_initial"]
+    assert [r[0] for r in conn.execute("SELECT name FROM _migrations")] == [n for n, _ in schema.MIGRATIONS[:-1]]
     assert conn.execute("SELECT COUNT(*) FROM examples").fetchone()[0] == 1
 
 
