@@ -75,20 +75,25 @@ def start_llamacpp(log: Path):
     raise SystemExit("llama_cpp.server did not start within 180 s")
 
 
-def judge(texts_by_prompt, prompts, fmt="number"):
-    """Counter of outcomes ("accepted" or a rejection reason) over every text."""
+def judge(texts_by_prompt, prompts, fmt="number", show=0, label=""):
+    """Counter of outcomes ("accepted" or a rejection reason) over every text;
+    `show` prints that many texts with their outcome."""
     from teachers.agreement import agree, rationale_answer
-    from teachers.verify import check_rationale
+    from teachers.verify import check_rationale, end_at_answer
 
     out = Counter()
     for p, texts in zip(prompts, texts_by_prompt):
         for t in texts:
+            t = end_at_answer(t)  # as the loop's teach step stores it
             why = check_rationale(t, question=p["question"], fmt=fmt, gold=p["gold"],
                                   student_output=p["student_output"], previous=p["previous"])
             if why is None:
                 flags, _ = agree([rationale_answer(t, fmt)], p["gold"], fmt)
                 why = "accepted" if flags[0] else "wrong_answer"
             out[why] += 1
+            if show > 0:
+                show -= 1
+                print(f"--- {label}: {why}\n{t.strip()[:400]}")
     return out
 
 
@@ -98,6 +103,9 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=None, help="refinement prompts (default 24, 8 with --quick)")
     ap.add_argument("--samples", type=int, default=2, help="samples per prompt and teacher (the demo's self teacher: 2)")
     ap.add_argument("--no-llamacpp", action="store_true", help="only the self teacher")
+    ap.add_argument("--show", type=int, default=0, help="print this many texts per template and teacher")
+    ap.add_argument("--max-tokens", type=int, default=128,
+                    help="new tokens per refinement, both teachers (default 128)")
     args = ap.parse_args()
     n_prompts = args.prompts or (8 if args.quick else 24)
 
@@ -133,8 +141,10 @@ def main() -> int:
     results: dict[tuple[str, str], Counter] = {}
     for label, tpl in (("old", old), ("new", new)):
         msgs = render(tpl)
-        texts = generate(student, msgs, n_samples=args.samples - 1, temperature=0.7, max_new_tokens=64, seed=3)
-        results[(label, "self")] = judge([t[: args.samples] for t in texts], items)
+        texts = generate(student, msgs, n_samples=args.samples - 1, temperature=0.7, max_new_tokens=args.max_tokens,
+                         seed=3)
+        results[(label, "self")] = judge([t[: args.samples] for t in texts], items, show=args.show,
+                                         label=f"{label}/self")
 
     proc = None
     if not args.no_llamacpp:
@@ -142,7 +152,7 @@ def main() -> int:
             proc, base = start_llamacpp(Path(tmp) / "llama.log")
             try:
                 cfg = TeacherConfig(name="llamacpp", model="openai/smollm2", api_base=base, temperature=0.7,
-                                    max_tokens=128, timeout_s=300, max_retries=1, max_concurrency=1)
+                                    max_tokens=args.max_tokens, timeout_s=300, max_retries=1, max_concurrency=1)
                 with Store.open(Path(tmp) / "distillery.db") as store:
                     pool_ = TeacherPool([cfg], store, None)
                     for label, tpl in (("old", old), ("new", new)):
@@ -154,7 +164,7 @@ def main() -> int:
                         for r in res:
                             if r.status == "ok" and r.text:
                                 texts[r.tag].append(r.text)
-                        results[(label, "llamacpp")] = judge(texts, items)
+                        results[(label, "llamacpp")] = judge(texts, items, show=args.show, label=f"{label}/llamacpp")
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)

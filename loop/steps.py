@@ -223,11 +223,13 @@ def teach(o: "Orchestrator", k: int) -> dict:
         for w in writers:  # the self teacher's samples enter the cache with the step
             w()
         from teachers.agreement import rationale_answer
+        from teachers.verify import end_at_answer
 
         for r in produced:
-            ans = rationale_answer(r["text"], o.fmt)  # strict: an unmarked answer is not accepted
+            text = end_at_answer(r["text"])  # as a stop sequence would: nothing after the first "#### X" line
+            ans = rationale_answer(text, o.fmt)  # strict: an unmarked answer is not accepted
             rid = o.store.add_rationale(
-                r["example_id"], r["text"], ans, r["teacher"], teacher_call=r["call"], parent_id=r["parent_id"],
+                r["example_id"], text, ans, r["teacher"], teacher_call=r["call"], parent_id=r["parent_id"],
                 error_prediction=r["error_prediction"], run_id=o.run_id, k=k,
             )
             # the context it was written in: a text equal to an older rationale keeps

@@ -329,6 +329,22 @@ def _numbers(text: str) -> list[tuple[Fraction, int]]:
 # --------------------------------------------------------------------------- the check
 
 
+_FIRST_ANSWER_LINE = re.compile(r"^[^\n]*####[ \t]*\S[^\n]*$", re.M)
+
+
+def end_at_answer(text: str) -> str:
+    """The rationale up to the end of its first `#### <answer>` line.
+
+    Every template asks for the final answer on the last line as "#### X";
+    a teacher without a stop sequence (the self teacher, a small local model)
+    often goes on ("#### 15\n#### 15\n#### 20 ..."), and the student would
+    learn to ramble after its answer.  The loop applies this cut the way a
+    stop sequence would, before the checks; texts without a `####` line are
+    returned unchanged (their answer line is checked as written)."""
+    m = _FIRST_ANSWER_LINE.search(text or "")
+    return text[: m.end()].rstrip() if m else text
+
+
 def check_rationale(text: str, *, question: str, fmt: str = "number", gold: str | None = None,
                     student_output: str | None = None, previous: str | None = None,
                     cfg: VerifyConfig | None = None) -> str | None:

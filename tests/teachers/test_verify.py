@@ -263,3 +263,13 @@ def test_parse_verdict(reply, expected):
 def test_parse_verdict_reason_is_capped():
     passed, reason = parse_verdict("VERDICT: FAIL\nREASON: " + "word " * 200)
     assert passed is False and len(reason) <= 300 and reason.startswith("word word")
+
+
+def test_end_at_answer_cuts_after_the_first_answer_line_like_a_stop_sequence():
+    from teachers.verify import end_at_answer
+
+    rambling = "Tara has 5 eggs.\nTara gets 10 more, so 5 + 10 = 15.\n#### 15\n#### 15\n#### 20\nTara has"
+    assert end_at_answer(rambling) == "Tara has 5 eggs.\nTara gets 10 more, so 5 + 10 = 15.\n#### 15"
+    assert check(end_at_answer(GOOD + "\n#### 9\nmore")) is None
+    assert end_at_answer("no marker here, so 5 + 3 = 8.") == "no marker here, so 5 + 3 = 8."
+    assert end_at_answer("####\nstill thinking\n#### 8") == "####\nstill thinking\n#### 8"  # an empty marker is no answer
