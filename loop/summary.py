@@ -54,7 +54,8 @@ def print_iteration(console: Console, k: int, m: dict, reason: str | None) -> No
     t.add_row("dev accuracy", f"{pct(m.get('dev_acc'))}  ({signed_pts(m.get('delta'))} vs previous, "
               f"{signed_pts(None if base is None or m.get('dev_acc') is None else m['dev_acc'] - base)} vs baseline {pct(base)})")
     t.add_row("pool accuracy", pct(m.get("pool_acc")))
-    t.add_row("errors mined", f"{m.get('errors')} of {m.get('mined')}")
+    t.add_row("errors mined", "not mined (iteration 0 asks about every pool question)" if m.get("errors") is None
+              else f"{m.get('errors')} of {m.get('mined')}")
     if k > 0:
         t.add_row("refinements", f"{m.get('refinements_asked')} asked, {m.get('refinements_accepted')} accepted")
     t.add_row("rationales", f"{m.get('accepted')} accepted of {m.get('rationales')}"
@@ -126,7 +127,7 @@ def iterations_table(rows: list[dict], title: str | None = None) -> Table:
         m = it.get("metrics") or {}
         times = _ordered(m.get("times") or {})
         t.add_row(
-            str(it["k"]), pct(m.get("dev_acc")), signed_pts(m.get("delta")), str(m.get("errors", "-")),
+            str(it["k"]), pct(m.get("dev_acc")), signed_pts(m.get("delta")), _num(m.get("errors")),
             f"{m.get('refinements_accepted', 0)}/{m.get('refinements_asked', 0)}", str(m.get("dataset_size", "-")),
             f"{m.get('spend_usd') or 0:.4f}", secs(sum(v for v in times.values() if v) if times else None),
             it.get("stop_reason") or "", "<- best" if it["k"] == best else "",
@@ -154,7 +155,7 @@ def iterations_text(rows: list[dict], baseline: float | None) -> str:
         m = it.get("metrics") or {}
         times = _ordered(m.get("times") or {})
         lines.append(
-            f"{it['k']:>3} {pct(m.get('dev_acc')):>8} {signed_pts(m.get('delta')):>10} {str(m.get('errors', '-')):>7} "
+            f"{it['k']:>3} {pct(m.get('dev_acc')):>8} {signed_pts(m.get('delta')):>10} {_num(m.get('errors')):>7} "
             f"{str(m.get('refinements_accepted', 0)) + '/' + str(m.get('refinements_asked', 0)):>9} "
             f"{str(m.get('dataset_size', '-')):>8} {m.get('spend_usd') or 0:>8.4f} "
             f"{secs(sum(v for v in times.values() if v) if times else None):>7}  {it.get('stop_reason') or ''}"
