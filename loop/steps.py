@@ -343,11 +343,34 @@ def _record_self_calls(o, k, t, model, params, produced) -> None:
                      status="ok", text=r["text"], attempts=1, cost_usd=0.0, run_id=o.run_id, k=k)
 
 
+def _run_pool(o: "Orchestrator", k: int, step: str, who: str, reqs: list) -> tuple[list, str | None]:
+    """Send `reqs` through the TeacherPool: (results in request order, budget
+    message or None).  A budget stop keeps what succeeded (the run ends after
+    this iteration); auth/validation errors are the user's to fix (exit 2),
+    other fatal teacher errors a run failure (exit 1)."""
+    from teachers.errors import BudgetExceeded, TeacherAuthError, TeacherBadRequest, TeacherError
+
+    o.check_stop()
+    o.progress(step, 0, len(reqs))
+    budget_hit = None
+    try:
+        with o.timed("teacher"):
+            results = o.teacher_pool.run_sync(reqs)
+    except BudgetExceeded as e:
+        results = getattr(e, "results", [])
+        budget_hit = str(e)
+        o.store.log_event(o.run_id, k, step, "budget", str(e))
+    except (TeacherAuthError, TeacherBadRequest) as e:
+        raise UserError(f"{who}: {e}") from None
+    except TeacherError as e:
+        raise RunFailure(f"{who}: {e}") from None
+    return results, budget_hit
+
+
 def _api_teach(o: "Orchestrator", k: int, t, jobs: list[dict], stats: dict) -> tuple[list[dict], str | None]:
     """One LiteLLM teacher through the TeacherPool: `t.samples` requests per job.
     Failed requests are counted (and retried next run through the cache);
     a budget stop keeps what succeeded and ends the run after this iteration."""
-    from teachers.errors import BudgetExceeded, TeacherAuthError, TeacherBadRequest, TeacherError
     from teachers.pool import TeacherRequest
 
     reqs = [
@@ -357,21 +380,8 @@ def _api_teach(o: "Orchestrator", k: int, t, jobs: list[dict], stats: dict) -> t
     ]
     if not reqs:
         return [], None
-    o.check_stop()
-    o.progress("teach", 0, len(reqs))
-    budget_hit = None
     before = o.teacher_pool.http_attempts
-    try:
-        with o.timed("teacher"):
-            results = o.teacher_pool.run_sync(reqs)
-    except BudgetExceeded as e:
-        results = getattr(e, "results", [])
-        budget_hit = str(e)
-        o.store.log_event(o.run_id, k, "teach", "budget", str(e))
-    except (TeacherAuthError, TeacherBadRequest) as e:
-        raise UserError(f"teacher {t.name!r} ({t.model}): {e}") from None
-    except TeacherError as e:
-        raise RunFailure(f"teacher {t.name!r} ({t.model}): {e}") from None
+    results, budget_hit = _run_pool(o, k, "teach", f"teacher {t.name!r} ({t.model})", reqs)
     stats["requests"] += o.teacher_pool.http_attempts - before
     produced = []
     for res in results:
@@ -472,7 +482,6 @@ def _judge(o: "Orchestrator", k: int, rats: list[dict], examples: dict, privileg
     """Ask the [verify] teacher about each rationale (the `verify` template,
     through the TeacherPool: cached, budgeted and recorded like any call).
     Returns ({rationale id: (passed | None, reason)}, {id: call key}, budget message)."""
-    from teachers.errors import BudgetExceeded, TeacherAuthError, TeacherBadRequest, TeacherError
     from teachers.pool import TeacherRequest
     from teachers.verify import parse_verdict
 
@@ -485,20 +494,7 @@ def _judge(o: "Orchestrator", k: int, rats: list[dict], examples: dict, privileg
                           gold=ex.get("answer") if privileged else None)
         reqs.append(TeacherRequest(teacher=t.name, messages=msgs, template=tpl, run_id=o.run_id, k=k, tag=r["id"]))
     stats["asked"] = len(reqs)
-    o.check_stop()
-    o.progress("verify", 0, len(reqs))
-    budget_hit = None
-    try:
-        with o.timed("teacher"):
-            results = o.teacher_pool.run_sync(reqs)
-    except BudgetExceeded as e:
-        results = getattr(e, "results", [])
-        budget_hit = str(e)
-        o.store.log_event(o.run_id, k, "verify", "budget", str(e))
-    except (TeacherAuthError, TeacherBadRequest) as e:
-        raise UserError(f"verify.teacher {t.name!r} ({t.model}): {e}") from None
-    except TeacherError as e:
-        raise RunFailure(f"verify.teacher {t.name!r} ({t.model}): {e}") from None
+    results, budget_hit = _run_pool(o, k, "verify", f"verify.teacher {t.name!r} ({t.model})", reqs)
     verdicts, keys = {}, {}
     for res in results:
         if res.status == "ok" and res.text:

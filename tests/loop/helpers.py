@@ -179,6 +179,17 @@ def run_inprocess(ws: Path, command: str, *args) -> int:
     return main([command, "-w", str(ws), *args])
 
 
+def cli_json(capsys, ws: Path, *args):
+    """`distillery ARGS -w WS --json` in this process: its JSON document (exit 0 asserted)."""
+    import json
+
+    capsys.readouterr()
+    rc = run_inprocess(ws, *args, "--json")
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    return json.loads(out)
+
+
 def db_rows(ws: Path) -> dict:
     """Row counts of every table: 'nothing written' means these do not change."""
     import sqlite3

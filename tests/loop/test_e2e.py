@@ -11,20 +11,12 @@ import json
 
 from store import Store
 
-from tests.loop.helpers import datasets, refine_kind, run_inprocess, task_rows
-
-
-def _json(capsys, ws, *args):
-    capsys.readouterr()
-    rc = run_inprocess(ws, *args, "--json")
-    out = capsys.readouterr().out
-    assert rc == 0, out
-    return json.loads(out)
+from tests.loop.helpers import cli_json, datasets, refine_kind, run_inprocess, task_rows
 
 
 def test_three_iterations_mine_refine_version_and_lineage(finished, capsys):
     ws, teacher_server = finished
-    its = _json(capsys, ws, "iterations")
+    its = cli_json(capsys, ws, "iterations")
     rows = its["iterations"] if isinstance(its, dict) else its
     assert [r["k"] for r in rows] == [0, 1, 2]
     assert all(r["status"] == "done" for r in rows)
@@ -56,7 +48,7 @@ def test_three_iterations_mine_refine_version_and_lineage(finished, capsys):
                 want = "no_answer_line"  # the tiny student wrote only whitespace
             assert v["accepted"] is (want is None), (k, kind, v)
             assert v["rejected_reason"] == want, (k, kind, rats[v["rationale_id"]]["text"])
-    show1 = _json(capsys, ws, "show", "1")
+    show1 = cli_json(capsys, ws, "show", "1")
     kinds = [refine_kind(pool[examples[p["example_id"]]["question"]])
              for p in st.list_predictions(run["id"], 1, "mine") if p["sample"] == 0 and p["correct"] is False]
     expected = {"parrot": "meta_talk", "copy_previous": "copy_of_previous", "copy_student": "copy_of_student_output"}
@@ -70,12 +62,12 @@ def test_three_iterations_mine_refine_version_and_lineage(finished, capsys):
     eid = next(e for e in data0 if e in data1 and data0[e] != data1[e])
     seed_rid = data0[eid][0][0]
     new_rid = data1[eid][0][0]
-    trace = _json(capsys, ws, "trace", eid)
+    trace = cli_json(capsys, ws, "trace", eid)
     text = json.dumps(trace)
     assert seed_rid in text and new_rid in text
     # a rejected refinement shows its reason in trace
     parroted = next(r for r in st.list_rationales(run_id=run["id"], k=1) if r["rejected_reason"] == "meta_talk")
-    traced = _json(capsys, ws, "trace", parroted["example_id"])
+    traced = cli_json(capsys, ws, "trace", parroted["example_id"])
     rows = {r["id"]: r for r in traced["rationales"]}
     assert rows[parroted["id"]]["rejected_reason"] == "meta_talk" and rows[parroted["id"]]["accepted"] is False
     assert {"run": "main", "k": 1, "rationale_id": parroted["id"], "accepted": False,
@@ -94,9 +86,9 @@ def test_three_iterations_mine_refine_version_and_lineage(finished, capsys):
     prompt = "\n".join(m["content"] for m in call["request"]["messages"])
     assert err["output"] in prompt  # the refine prompt holds the student's wrong output
 
-    diff = _json(capsys, ws, "diff", "0", "1")
+    diff = cli_json(capsys, ws, "diff", "0", "1")
     assert eid in json.dumps(diff)
-    show = _json(capsys, ws, "show", "1")
+    show = cli_json(capsys, ws, "show", "1")
     assert show  # the iteration is visible with its metrics
     capsys.readouterr()
     assert run_inprocess(ws, "export", "1", "--format", "jsonl") == 0

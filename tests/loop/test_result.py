@@ -11,7 +11,7 @@ import sqlite3
 from store import Store
 
 from tests.fakeserver import FakeOpenAIServer
-from tests.loop.helpers import make_workspace, run_inprocess, task_rows, teacher_answer
+from tests.loop.helpers import cli_json, make_workspace, run_inprocess, task_rows, teacher_answer
 
 
 def _parroting_teacher(messages):
@@ -22,14 +22,6 @@ def _parroting_teacher(messages):
         answer = next(row["answer"] for row in pool if row["question"] in text)
         return f"The correct final answer is given as {answer}.\n#### {answer}"
     return teacher_answer(messages)
-
-
-def _json(capsys, ws, *args):
-    capsys.readouterr()
-    rc = run_inprocess(ws, *args, "--json")
-    out = capsys.readouterr().out
-    assert rc == 0, out
-    return json.loads(out)
 
 
 def test_unchanged_version_is_not_retrained_and_counts_towards_patience(tmp_path, capsys):
@@ -50,7 +42,7 @@ def test_unchanged_version_is_not_retrained_and_counts_towards_patience(tmp_path
     assert m1["rejected"] == {"meta_talk": m1["refinements_asked"]}  # every parroted refinement was rejected
     assert its[1]["adapter_sha256"] == its[0]["adapter_sha256"]  # k=0's adapter, not a retrained one
     assert not (ws / "runs" / "main" / "iter-1" / "adapter").exists()
-    show = _json(capsys, ws, "show", "1")
+    show = cli_json(capsys, ws, "show", "1")
     assert show["train_skipped"] == "unchanged" and "skipped" in show["training"]
     assert show["rejections"] == {"meta_talk": m1["refinements_asked"]}
 
@@ -88,15 +80,15 @@ def test_best_names_the_highest_dev_iteration_also_after_a_resume(tmp_path, caps
         ws = make_workspace(tmp_path / "ws", srv.base_url, max_iterations=3, patience=5)
         assert run_inprocess(ws, "run", "--iterations", "2") == 0
         _set_dev_acc(ws, {0: 0.25, 1: 0.5})
-        assert _json(capsys, ws, "show", "best")["k"] == 1
+        assert cli_json(capsys, ws, "show", "best")["k"] == 1
         assert run_inprocess(ws, "run", "--iterations", "3") == 0  # resume: k = 2 runs
         _set_dev_acc(ws, {2: 0.5})  # a tie with k = 1: the earlier iteration stays the result
-        show = _json(capsys, ws, "show", "best")
+        show = cli_json(capsys, ws, "show", "best")
         assert show["k"] == 1 and show["best"] is True and show["best_k"] == 1
-        assert _json(capsys, ws, "show", "main:best")["k"] == 1
-        assert _json(capsys, ws, "show", "2")["best"] is False
+        assert cli_json(capsys, ws, "show", "main:best")["k"] == 1
+        assert cli_json(capsys, ws, "show", "2")["best"] is False
 
-        its = _json(capsys, ws, "iterations")["iterations"]
+        its = cli_json(capsys, ws, "iterations")["iterations"]
         assert [d["best"] for d in its] == [False, True, False]
 
         capsys.readouterr()
@@ -106,10 +98,10 @@ def test_best_names_the_highest_dev_iteration_also_after_a_resume(tmp_path, caps
         assert capsys.readouterr().out == best_rows
 
         out = tmp_path / "best.jsonl"
-        res = _json(capsys, ws, "export", "best", "-o", str(out))
+        res = cli_json(capsys, ws, "export", "best", "-o", str(out))
         assert res["k"] == 1 and out.read_text() == best_rows
 
-        doc = _json(capsys, ws, "replay", "best", "--name", "from-best", "--iterations", "2")
+        doc = cli_json(capsys, ws, "replay", "best", "--name", "from-best", "--iterations", "2")
         assert doc["parent_k"] == 1
 
         capsys.readouterr()
