@@ -62,14 +62,14 @@ def teacher_answer(messages):
         return "VERDICT: PASS\nREASON: it computes the answer from the question's numbers."
     for i, row in enumerate(pool + dev):
         if row["question"] in text:
-            if "A student answered it wrongly" in text:  # the refine template
+            if "A wrong answer to it:" in text:  # the refine template
                 kind = refine_kind(i)
                 if kind == "parrot":
                     return f"The student's answer is: {row['answer']}"
                 if kind == "copy_previous":
-                    return _quoted_after(text, "The solution the student had studied:")
+                    return _quoted_after(text, "An earlier solution:")
                 if kind == "copy_student":  # a blank output has nothing to copy: say so (no answer line)
-                    return _quoted_after(text, "A student answered it wrongly:").strip() or "(nothing to copy)"
+                    return _quoted_after(text, "A wrong answer to it:").strip() or "(nothing to copy)"
                 return "Keep a running total after every step.\n" + row["rationale"]
             if i % 2 == 1:  # seed: deliberately careless for every other question
                 return "A careless solution.\n#### " + str(int(row["answer"]) + 1)

@@ -17,7 +17,7 @@ from tests.loop.helpers import cli_json, make_workspace, run_inprocess, task_row
 def _parroting_teacher(messages):
     """Seeds like the scripted teacher; every refinement only restates the gold answer."""
     text = "\n".join(m["content"] for m in messages)
-    if "A student answered it wrongly" in text:
+    if "A wrong answer to it:" in text:
         pool, _ = task_rows()
         answer = next(row["answer"] for row in pool if row["question"] in text)
         return f"The correct final answer is given as {answer}.\n#### {answer}"
