@@ -293,7 +293,11 @@ def register(app: typer.Typer) -> None:
         rr, tc = doc["rationales"], doc["teacher_calls"]
         c.print(f"  rationales: {rr['created']} created, {rr['accepted']} accepted, {rr['rejected']} rejected")
         if doc["rejections"]:
-            c.print("  rejected by reason: " + ", ".join(f"{why} {n}" for why, n in doc["rejections"].items()))
+            from teachers.verify import REASONS
+
+            c.print("  rejected by reason:")
+            for why, n in doc["rejections"].items():
+                c.print(f"    {n:>4}  {why}: {REASONS.get(why, '')}")
         c.print(f"  teacher calls: {tc['count']} ({tc['ok']} ok, {tc['error']} failed), ${tc['cost_usd']:.4f}")
 
     @app.command("diff")

@@ -163,18 +163,6 @@ class LengthStats:
             self.truncated_contexts += 1
             self.removed_tokens += removed_tokens
 
-    def merge(self, other: "LengthStats") -> "LengthStats":
-        """A new LengthStats holding both counts."""
-        dropped = dict(self.dropped)
-        for reason, rows in other.dropped.items():
-            dropped[reason] = dropped.get(reason, 0) + rows
-        return LengthStats(
-            self.truncated_contexts + other.truncated_contexts,
-            self.removed_tokens + other.removed_tokens,
-            dropped,
-            self.negatives_dropped + other.negatives_dropped,
-        )
-
     def as_dict(self) -> dict:
         return {
             "truncated_contexts": self.truncated_contexts,

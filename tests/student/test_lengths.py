@@ -71,11 +71,11 @@ def test_context_budget_and_length_stats(tok):
     b = LengthStats(negatives_dropped=2)
     b.drop("prompt_too_long", 2)
     b.drop("teacher_context_too_long")
-    m = a.merge(b)
-    assert m.as_dict() == {"truncated_contexts": 1, "removed_tokens": 12, "dropped_rows": 4,
-                           "dropped": {"prompt_too_long": 3, "teacher_context_too_long": 1},
+    assert a.as_dict() == {"truncated_contexts": 1, "removed_tokens": 12, "dropped_rows": 1,
+                           "dropped": {"prompt_too_long": 1}, "negatives_dropped": 0}
+    assert b.as_dict() == {"truncated_contexts": 0, "removed_tokens": 0, "dropped_rows": 3,
+                           "dropped": {"prompt_too_long": 2, "teacher_context_too_long": 1},
                            "negatives_dropped": 2}
-    assert a.dropped == {"prompt_too_long": 1}  # merge returns a new object
 
 
 # --------------------------------------------------------------------------- encode / collate
