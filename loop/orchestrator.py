@@ -32,7 +32,7 @@ from .config import Config
 from .errors import RunFailure, UserError
 from .heartbeat import Heartbeat
 from .preflight import check_teachers
-from .summary import STEP_ORDER as STEPS, step_line
+from .summary import STEP_ORDER as STEPS, best_k as best_of, step_line
 
 TEMPLATES = ("rationale", "refine", "student", "demonstration", "verify")
 
@@ -544,10 +544,9 @@ class Orchestrator:
             for why, n in (step.get("rejected") or {}).items():
                 rejected[why] = rejected.get(why, 0) + n
         # the best iteration so far, this one included (ties: the earlier one)
-        best_k, best_acc = None, None
-        for kk, a in [*hist.items(), (k, acc)]:
-            if kk >= 0 and a is not None and (best_acc is None or a > best_acc):
-                best_k, best_acc = kk, a
+        accs = {kk: a for kk, a in hist.items() if kk >= 0} | {k: acc}
+        best_k = best_of([{"k": kk, "metrics": {"dev_acc": accs[kk]}} for kk in sorted(accs)])
+        best_acc = accs.get(best_k)
         judge = verify.get("judge") or {}
         return {
             "dev_acc": acc, "dev_correct": ev.get("dev_correct"), "dev_n": ev.get("dev_n"),
