@@ -470,6 +470,8 @@ def _show_doc(st: Store, run: dict, k: int) -> dict:
         training = "skipped: nothing accepted yet; the adapter carries over"
     elif train:
         training = f"{train.get('steps')} steps on {train.get('examples')} examples"
+        if (train.get("processes") or 1) > 1:
+            training += f" on {train['processes']} processes"
         if train.get("length"):
             ln = train["length"]
             training += (f"; {ln.get('truncated_contexts', 0)} contexts shortened, {ln.get('dropped_rows', 0)} rows dropped"

@@ -120,6 +120,9 @@ class Orchestrator:
             self.set_config(self._run_config(run))
         self.templates = self.load_templates(strict=True)
         self._check_teachers()
+        from .train_job import check_launch
+
+        check_launch(self.cfg, self.ws)
         if self.cfg.task.kind == "jsonl":
             for split in ("pool", "dev"):
                 if self.store.count_examples(split) == 0:

@@ -639,29 +639,71 @@ def train_step(o: "Orchestrator", k: int) -> dict:
         o.commit_step(k, "train", info, lambda: None)
         return info
     start = o.adapter_before(k) if o.cfg.train.warm_start else None
-    o.use_adapter(start)
-    o.student.copy_adapter("student", "teacher")  # "previous"/"ema" teachers start from the same weights
+    # "previous" teaches with iteration k-1's adapter whether or not the student
+    # starts from it; "ema" and "base" start from a copy of the student
+    teacher = o.adapter_before(k) if o.cfg.loss.teacher_adapter == "previous" else None
     o.progress("train", 0, None)
-    try:
-        with o.timed("train_call"):
-            res = train(o.student, examples, o.cfg.train, o.cfg.loss, out_dir, resume=True,
-                        should_stop=o.stop_requested, progress=o.show_train_progress)
-    except StudentError as e:
-        raise RunFailure(f"training iteration {k} failed: {e}") from None
+    bar = _TrainDisplay(o)
+    if o.cfg.train.processes > 1:
+        from .train_job import run_job, write_inputs
+
+        spec = write_inputs(o, k, examples, start, teacher)
+        try:
+            with o.timed("train_call"):
+                res = run_job(o, k, spec, bar.step)  # other processes: this one's weights stay as they are
+        finally:
+            bar.close()
+    else:
+        o.use_adapter(start)
+        if teacher is not None and teacher != start:
+            o.student.load_adapter(o.ws / teacher, "teacher")
+        else:
+            o.student.copy_adapter("student", "teacher")
+        try:
+            with o.timed("train_call"):
+                res = train(o.student, examples, o.cfg.train, o.cfg.loss, out_dir, resume=True,
+                            should_stop=o.stop_requested, progress=o.show_train_progress, on_step=bar.progress)
+        except StudentError as e:
+            raise RunFailure(f"training iteration {k} failed: {e}") from None
     if res.stopped:
         o.loaded_adapter = ("partial", k)  # mid-training weights: reload before any other use
         o.check_stop()
-    o.loaded_adapter = o.rel(res.adapter_dir)  # the in-memory weights are iteration k's adapter
+    if o.cfg.train.processes == 1:
+        o.loaded_adapter = o.rel(res.adapter_dir)  # the in-memory weights are iteration k's adapter
     losses = [h.get("total") for h in res.history if h.get("total") is not None]
     for reason, rows in res.dropped.items():  # the trainer's own check (the loop's fitting leaves it nothing)
         lengths.drop(reason, rows)
     lengths.negatives_dropped += res.negatives_dropped
     info = {"examples": len(examples), "steps": res.steps, "adapter": o.rel(res.adapter_dir),
-            "length": lengths.as_dict(),
+            "length": lengths.as_dict(), "processes": o.cfg.train.processes,
             "adapter_sha256": res.adapter_sha256,
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
     o.commit_step(k, "train", info, lambda: None)
     return info
+
+
+class _TrainDisplay:
+    """Training progress for the heartbeat (`status`) and, for a job, the
+    trainer's own bar drawn from the steps the job streams."""
+
+    def __init__(self, o: "Orchestrator"):
+        self.o = o
+        self.bar = None
+
+    def progress(self, record: dict, total: int) -> None:
+        self.o.progress("train", int(record["step"]), total)
+
+    def step(self, record: dict, total: int) -> None:
+        from student.train import progress_bar, update_bar
+
+        if self.bar is None:
+            self.bar = progress_bar(self.o.show_train_progress, total, int(record["step"]) - 1)
+        update_bar(self.bar, record)
+        self.progress(record, total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # --------------------------------------------------------------------------- evaluate

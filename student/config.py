@@ -67,6 +67,13 @@ class TrainConfig(_Strict):
     bf16: Literal["auto", "on", "off"] = "auto"
     seed: int = 0
     warm_start: bool = True  # start iteration k from k-1's adapter
+    # Training processes of one iteration.  1 trains inside the loop process;
+    # N > 1 runs the trainer as a job of its own (loop/train_job.py) under the
+    # launcher, one rank per GPU (or N gloo ranks on CPU).
+    processes: int = Field(1, ge=1, le=1024)
+    launcher: Literal["torchrun", "accelerate"] = "torchrun"
+    # `accelerate launch --config_file` (FSDP/DeepSpeed settings); launcher = "accelerate" only
+    accelerate_config: str | None = None
 
 
 class GenerationConfig(_Strict):

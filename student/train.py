@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
+LAUNCH_SETTINGS = {"processes", "launcher", "accelerate_config"}
 LENGTH_RULE = "whole-rows-1"  # student/lengths.py: rows kept whole or dropped, never cut
 
 
@@ -96,8 +97,13 @@ def train(
     resume: bool = True,
     should_stop: Callable[[], bool] | None = None,
     progress: bool = True,
+    on_step: Callable[[dict, int], None] | None = None,
 ) -> TrainResult:
-    """Train `student`'s "student" adapter on `examples`; see the module docstring."""
+    """Train `student`'s "student" adapter on `examples`; see the module docstring.
+
+    `on_step(record, total_steps)` is called on the main process after every
+    optimizer step with that step's history record (the loop shows progress
+    with it; a training job streams it to the loop)."""
     from accelerate import Accelerator
 
     if not examples:
@@ -162,7 +168,7 @@ def train(
         student.copy_adapter("student", "teacher")  # the EMA starts where the student starts
 
     # ---- the loop
-    bar = _progress_bar(progress and accelerator.is_main_process, total_steps, step)
+    bar = progress_bar(progress and accelerator.is_main_process, total_steps, step)
     stopped = False
     pairs = ema_pairs(student) if use_ema else None  # the live teacher/student adapter tensors
     while step < total_steps:
@@ -215,7 +221,9 @@ def train(
         record.update(step=step, lr=lr, grad_norm=float(grad_norm), seconds=seconds,
                       input_tokens=input_tokens, tokens_per_s=input_tokens / max(seconds, 1e-9))
         history.append(record)
-        _update_bar(bar, record)
+        update_bar(bar, record)
+        if on_step is not None and accelerator.is_main_process:
+            on_step(record, total_steps)
 
         stop = _poll_stop(should_stop, accelerator)
         if stop or step % train_cfg.checkpoint_every == 0 or step == total_steps:
@@ -235,7 +243,7 @@ def train(
         student.save_adapter(adapter_dir, "student")
         _write_json(adapter_dir / "train_config.json", config)
     accelerator.wait_for_everyone()
-    return TrainResult(step, history, adapter_dir, _sha256(adapter_dir / "adapter_model.safetensors"),
+    return TrainResult(step, history, adapter_dir, file_sha256(adapter_dir / "adapter_model.safetensors"),
                        dropped=dropped, negatives_dropped=negatives_dropped)
 
 
@@ -325,7 +333,8 @@ def _resolved_config(train_cfg, loss_cfg, world, examples, student) -> dict:
     for ex in examples:
         data_hash.update(ex.model_dump_json().encode())
     cfg = {
-        "train": train_cfg.model_dump(mode="json"),
+        # how the ranks were started does not change what they compute (world_size does)
+        "train": train_cfg.model_dump(mode="json", exclude=LAUNCH_SETTINGS),
         "loss": loss_cfg.model_dump(mode="json"),
         "model": student.model_cfg.model_dump(mode="json"),
         "lora": student.lora_cfg.model_dump(mode="json"),
@@ -350,7 +359,9 @@ def _poll_stop(should_stop, accelerator) -> bool:
     return flag
 
 
-def _progress_bar(enabled: bool, total: int, initial: int):
+def progress_bar(enabled: bool, total: int, initial: int):
+    """The trainer's terminal bar (None when disabled); a training job's
+    progress is drawn with the same bar by the loop (loop/train_job.py)."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
@@ -358,7 +369,7 @@ def _progress_bar(enabled: bool, total: int, initial: int):
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
 
 
-def _update_bar(bar, record: dict) -> None:
+def update_bar(bar, record: dict) -> None:
     if bar is None:
         return
     shown = {k: f"{record[k]:.3g}" for k in ("total", "sft", "kd", "contrastive", "feature") if k in record}
@@ -367,7 +378,7 @@ def _update_bar(bar, record: dict) -> None:
     bar.update(1)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
