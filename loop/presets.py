@@ -164,6 +164,9 @@ clip = 10.0
 epochs = 1.0
 batch_size = 8
 lr = 2e-4
+bf16 = "auto"              # bf16 autocast on a GPU that has it
+processes = 1              # N > 1: each iteration trains as a job of N ranks (one per GPU)
+launcher = "torchrun"      # or "accelerate", with accelerate_config = "fsdp.yaml" for FSDP/DeepSpeed
 
 [generation]
 backend = "transformers"   # or "vllm" with vllm_base_url = "http://127.0.0.1:8000/v1"

@@ -249,7 +249,9 @@ def _read_result(k: int, job_dir: Path, processes: int) -> JobResult:
     except (OSError, ValueError) as e:
         raise RunFailure(f"the training job of iteration {k} exited without a readable result in {job_dir} ({e})") from None
     if len(ranks) != processes:
-        raise RunFailure(f"the training job of iteration {k} ran {len(ranks)} ranks, train.processes = {processes}")
+        raise RunFailure(f"the training job of iteration {k} ran {len(ranks)} rank(s), train.processes = {processes}: "
+                         "the launcher started fewer processes than asked (accelerate launch without GPUs starts "
+                         "one; use train.launcher = \"torchrun\" for several CPU ranks)")
     if len({r["weights_sha256"] for r in ranks}) != 1:
         # DDP keeps every rank's weights equal; if they differ, the adapter rank 0 saved is not the model trained
         raise RunFailure(f"the training job of iteration {k}: its {processes} ranks ended with different weights "
