@@ -3,8 +3,10 @@ and maps our error hierarchy onto exit codes (0 ok, 2 bad input, 1 failure)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -12,7 +14,7 @@ import click
 import typer
 
 from . import cli_prompts, cli_run, cli_store
-from store.errors import StoreError
+from store.errors import CorruptDatabase, DatabaseFault, StoreError
 
 from .errors import DistilleryError
 
@@ -44,14 +46,42 @@ def main(argv: list[str] | None = None) -> int:
         # a run/iteration/example that does not exist, an ambiguous id prefix...
         sys.stderr.write(f"Error: {e}\n")
         return 2
+    except DatabaseFault as e:
+        # the database file itself: damaged (exit 1, as for a failure at run
+        # time: the fix is a recovery, not another command line), or
+        # read-only, newer, empty, not ours (exit 2).  The message says how.
+        sys.stderr.write(f"Error: {e}\n")
+        return 1 if isinstance(e, CorruptDatabase) else 2
     except DistilleryError as e:
         sys.stderr.write(f"Error: {e}\n")
         return e.exit_code
+    except OSError as e:
+        # A file the command must write (the run lock, the heartbeat, an
+        # adapter) in a workspace it may not write: the user's to fix.  Any
+        # other OSError is unexpected and keeps its traceback.
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not e.filename:
+            raise
+        sys.stderr.write(f"Error: {_unwritable(Path(os.fsdecode(e.filename)), e.strerror)}\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted.\n")
         return 130
     code = rv if isinstance(rv, int) else 0
     return code
+
+
+def _unwritable(path: Path, why: str) -> str:
+    """The message for a file the command may not touch (mostly: write in a
+    read-only workspace).  Names the workspace it lies in (the nearest folder
+    up with distillery.toml), since that is what to make writable."""
+    from .workspace import CONFIG_NAME
+
+    ws = next((d for d in path.absolute().parents if (d / CONFIG_NAME).is_file()), None)
+    if ws is None:
+        return f"cannot write {path}: {why}; make {path.parent} writable or choose another path"
+    return (f"cannot write {path}: {why}; this command writes to the workspace {ws}: make it writable "
+            f"(e.g. `chmod -R u+rwX {ws}`) or copy it to a writable place; commands that only read (runs, "
+            "iterations, show, status, diff, trace, export, report) work on a read-only workspace")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,13 +31,14 @@ from prompts import SAMPLE_VARIABLES, Template, TemplateError
 
 from .cli_common import JsonOpt, WorkspaceOpt, print_json
 from .errors import RunFailure, UserError
+from .terminal import SafeConsole
 from .workspace import WorkspaceNotFound, find_workspace, load_workspace_config
 
 VarOpt = Annotated[list[str], typer.Option("--var", help="Set a variable: NAME=VALUE (repeatable).")]
 
 
 def _console() -> Console:
-    return Console(soft_wrap=True, width=max(110, Console().width))
+    return SafeConsole(soft_wrap=True, width=max(110, Console().width))
 
 
 @contextmanager

@@ -17,25 +17,28 @@ from rich.console import Console
 
 from .cli_common import JsonOpt, WorkspaceOpt, print_json
 from .errors import UserError
+from .terminal import SafeConsole
 
 
 def _console() -> Console:
-    return Console(soft_wrap=False, width=max(100, Console().width))
+    return SafeConsole(soft_wrap=False, width=max(100, Console().width))
 
 
 def _summary(console: Console, st, outcome) -> None:
-    from .summary import done_iterations, iterations_table, result_line
+    from .summary import done_iterations, iterations_table, nothing_to_run, result_line
 
     run = st.get_run(outcome.run_id)
     rows = done_iterations(st, run)
     console.print(iterations_table(rows, title=f"run {run['name']}"))
     console.print(result_line(rows), soft_wrap=True)
+    if outcome.status == "done" and not outcome.iterations and rows:
+        console.print(nothing_to_run(rows[-1]["k"], outcome.stop_reason), soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
-        iterations: Annotated[Optional[int], typer.Option("--iterations", min=0, help="Run until iteration N-1 (overrides loop.max_iterations).")] = None,
+        iterations: Annotated[Optional[int], typer.Option("--iterations", min=1, help="Run until iteration N-1 (overrides loop.max_iterations; N >= 1).")] = None,
         detach: Annotated[bool, typer.Option("--detach", help="Run in the background (log in .distillery/run.log).")] = False,
         follow: Annotated[bool, typer.Option("--follow", help="After convergence, idle and wake on new pool data or template edits.")] = False,
         run_name: Annotated[Optional[str], typer.Option("--run", help="Resume this run (default: run_name from distillery.toml).")] = None,
@@ -115,7 +118,7 @@ def register(app: typer.Typer) -> None:
         target: Annotated[str, typer.Argument(help="[RUN:]K or [RUN:]best — branch from iteration K (or the best iteration) of RUN (default run: run_name).")],
         sets: Annotated[Optional[list[str]], typer.Option("--set", help="key=value to change, e.g. loop.combine=accumulate (repeatable).")] = None,
         name: Annotated[Optional[str], typer.Option("--name", help="Name of the new run (default RUN-replayK).")] = None,
-        iterations: Annotated[Optional[int], typer.Option("--iterations", min=0, help="Run until iteration N-1.")] = None,
+        iterations: Annotated[Optional[int], typer.Option("--iterations", min=1, help="Run until iteration N-1 (N >= 1).")] = None,
         workspace: WorkspaceOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
@@ -126,9 +129,9 @@ def register(app: typer.Typer) -> None:
 
         ws = find_workspace(workspace)
         cfg = load_workspace_config(ws)
-        console = Console(stderr=True) if as_json else _console()
+        console = SafeConsole(stderr=True) if as_json else _console()
         with WorkspaceLock(ws).acquire("replay"):  # branch under the lock: one writer per workspace
-            st = open_store(ws)
+            st = open_store(ws, write=True)
             try:
                 run, rcfg = create_replay(st, cfg.run_name, target, list(sets or []), name)
             finally:
@@ -160,10 +163,12 @@ def register(app: typer.Typer) -> None:
         st = open_store(ws)
         try:
             name = run_name
-            if name is None:
+            if name is None:  # the config's run when it exists, else the newest run
                 try:
                     name = load_workspace_config(ws).run_name
                 except UserError:
+                    name = None
+                if name is not None and st.find_run(name) is None:
                     name = None
             with st.snapshot():
                 path = write_report(st, name, output)

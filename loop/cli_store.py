@@ -1,4 +1,4 @@
-"""CLI commands over the workspace and its store: init, data add, runs,
+"""CLI commands over the workspace and its store: init, data (loop/cli_data.py), runs,
 iterations, show, diff, trace, export (registered on the root app by loop.cli).
 
 Inspection commands read inside one snapshot so they work while a run is
@@ -22,10 +22,11 @@ from rich.table import Table
 from store import Store
 from store.errors import Ambiguous, NotFound, StoreError
 
+from . import cli_data
 from .cli_common import JsonOpt, WorkspaceOpt, print_json
-from .data_import import import_file
 from .errors import UserError
 from .presets import PRESETS
+from .terminal import SafeConsole
 from .workspace import ENV_VAR, find_workspace, init_workspace, load_workspace_config, open_store
 
 
@@ -36,13 +37,13 @@ class NotFoundError(UserError):
 def _console() -> Console:
     # markup off: questions, rationales and paths are user text, and "[...]" in
     # them must print as is, not as rich style tags.
-    return Console(soft_wrap=True, width=max(120, Console().width), markup=False, highlight=False)
+    return SafeConsole(soft_wrap=True, width=max(120, Console().width), markup=False, highlight=False)
 
 
 @contextmanager
-def _store(workspace: Path | None) -> Iterator[Store]:
+def _store(workspace: Path | None, *, write: bool = False) -> Iterator[Store]:
     ws = find_workspace(workspace)
-    st = open_store(ws)
+    st = open_store(ws, write=write)
     st.workspace = ws  # type: ignore[attr-defined]
     try:
         yield st
@@ -145,14 +146,15 @@ def _fmt(v: Any) -> str:
 
 # -------------------------------------------------------------- commands
 def register(app: typer.Typer) -> None:
-    data_app = typer.Typer(help="Import training (pool) and held-out (dev) examples.", no_args_is_help=True)
+    data_app = typer.Typer(help="The workspace's examples: add, list, remove.", no_args_is_help=True)
     app.add_typer(data_app, name="data")
+    cli_data.register(data_app, _store, _console)
 
     @app.command("init")
     def init_cmd(
         directory: Annotated[Optional[Path], typer.Argument(help="Folder to create (default: -w, $DISTILLERY_WORKSPACE, or the current directory).")] = None,
         preset: Annotated[str, typer.Option("--preset", help="demo | tiny | custom")] = "demo",
-        force: Annotated[bool, typer.Option("--force", help="Rewrite the config of an existing workspace (keeps edited templates and the database).")] = False,
+        force: Annotated[bool, typer.Option("--force", help="Rewrite the config of an existing workspace from the preset, copying the old one to distillery.toml.bak-<date>-<time> first (keeps edited templates and the database).")] = False,
         workspace: WorkspaceOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
@@ -169,24 +171,10 @@ def register(app: typer.Typer) -> None:
         c.print(f"  config    {done['config']}")
         c.print(f"  prompts   {len(done['prompts'])} templates in prompts/")
         c.print(f"  database  {done['database']}" + (" (kept)" if done["kept_database"] else ""))
+        for b in done["backups"]:
+            what = "the config it replaced" if b["why"] == "replaced" else "the empty database it replaced"
+            c.print(f"  backup    {b['backup']} ({what})")
         c.print("Next: `distillery run` (or `distillery data add FILE.jsonl` for your own data)")
-
-    @data_app.command("add")
-    def data_add(
-        file: Annotated[Path, typer.Argument(help="JSONL: {question, answer, rationale?, id?, meta?} or GSM8K form.")],
-        split: Annotated[str, typer.Option("--split", help="pool (training) or dev (held out)")] = "pool",
-        workspace: WorkspaceOpt = None,
-        as_json: JsonOpt = False,
-    ) -> None:
-        """Import examples (all-or-nothing; re-adding the same file adds nothing)."""
-        with _store(workspace) as st:
-            res = import_file(st, file, split)
-        if as_json:
-            print_json(res)
-        else:
-            _console().print(
-                f"{res['file']}: {res['added']} added to {split}, {res['skipped']} already present (skipped)"
-            )
 
     @app.command("runs")
     def runs_cmd(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
@@ -404,6 +392,9 @@ def register(app: typer.Typer) -> None:
             lines = list(export_lines(st, run["id"], k, fmt, system))
         body = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
         if output is None:
+            if as_json:  # stdout is the data itself; --json describes a written file
+                raise UserError("export --json describes the file it writes; add -o FILE (without -o the rows "
+                                "go to stdout as JSON lines, and --json is not needed)")
             sys.stdout.write(body)
             return
         tmp = output.with_name(output.name + ".tmp")
@@ -422,7 +413,7 @@ def register(app: typer.Typer) -> None:
 def export_lines(st: Store, run_id: int, k: int, fmt: str, system: str | None = None) -> Iterator[dict]:
     data = st.dataset(run_id, k)
     rats = st.get_rationales(r for demos in data.values() for r, _ in demos)
-    examples = {e["id"]: e for e in st.list_examples()}
+    examples = {e["id"]: e for e in st.list_examples(state="all")}
     for ex_id, demos in data.items():
         ex = examples[ex_id]
         for rid, w in demos:

@@ -30,6 +30,7 @@ from rich.console import Console
 
 from .errors import UserError
 from .heartbeat import Heartbeat, read_json, state_dir, utcnow, write_json_atomic
+from .terminal import SafeConsole
 
 
 class WorkspaceBusy(UserError):
@@ -157,13 +158,13 @@ def run_loop(
     from .orchestrator import Orchestrator
     from .workspace import open_store
 
-    console = console or Console()
+    console = console or SafeConsole()
     check_inputs(ws, cfg, run_name)
     stop = stop_event or threading.Event()
     lock = WorkspaceLock(ws).acquire(run_name or cfg.run_name)
     hb = None
     previous: dict = {}
-    st = open_store(ws)
+    st = open_store(ws, write=True)
     try:
         if handle_signals:
             previous = install_stop_handlers(stop, console)

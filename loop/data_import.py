@@ -6,6 +6,12 @@ A line is {"question", "answer", "rationale"?, "id"?, "meta"?}.  GSM8K's form
 answer = final and rationale = the solution without <<...>> calculator notes.
 Ids are content hashes of (question, answer) unless given, so importing the
 same file again adds nothing.
+
+Limits (documented in README, "Your data"): one oversized line would make
+every later run tokenize it and fail, so sizes are checked here, before
+anything is written.  An id that already names a different question, and a
+question that is already in the other split (dev would leak into training,
+or the pool into the held-out score), are errors too, not "already present".
 """
 
 from __future__ import annotations
@@ -20,6 +26,12 @@ from store.records import example_id
 from .errors import UserError
 
 FIELDS = ("question", "answer", "rationale", "id", "meta")
+MAX_LINE_BYTES = 1_000_000  # checked before JSON decoding
+MAX_QUESTION_CHARS = 20_000
+MAX_ANSWER_CHARS = 1_000
+MAX_RATIONALE_CHARS = 50_000
+MAX_META_CHARS = 20_000  # of the meta object as JSON
+MAX_ID_CHARS = 200
 _CALC = re.compile(r"<<[^<>]*>>")
 _FINAL = re.compile(r"\n?\s*####\s*(.*?)\s*$", re.S)
 
@@ -36,6 +48,12 @@ def _gsm8k(answer: str) -> tuple[str, str | None] | None:
     final = tail.strip().replace(",", "")
     solution = _CALC.sub("", head).strip()
     return final, (solution or None)
+
+
+def _check_size(where: str, field: str, text: str, limit: int) -> None:
+    if len(text) > limit:
+        raise DataError(f"{where}: \"{field}\" has {len(text):,} characters; the limit is {limit:,}; "
+                        "shorten it or leave the line out")
 
 
 def parse_line(obj: object, where: str) -> dict:
@@ -82,6 +100,15 @@ def parse_line(obj: object, where: str) -> dict:
     meta = obj.get("meta")
     if meta is not None and not isinstance(meta, dict):
         raise DataError(f"{where}: \"meta\" must be a JSON object, got {type(meta).__name__}")
+    _check_size(where, "question", q, MAX_QUESTION_CHARS)
+    if a is not None:
+        _check_size(where, "answer", a, MAX_ANSWER_CHARS)
+    if rationale:
+        _check_size(where, "rationale", rationale, MAX_RATIONALE_CHARS)
+    if eid is not None:
+        _check_size(where, "id", eid, MAX_ID_CHARS)
+    if meta is not None:
+        _check_size(where, "meta", json.dumps(meta), MAX_META_CHARS)
     row = {"question": q.strip(), "answer": a, "id": eid or example_id(q.strip(), a)}
     if rationale:
         row["rationale"] = rationale
@@ -90,8 +117,8 @@ def parse_line(obj: object, where: str) -> dict:
     return row
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Every row of the file, validated; raises DataError at the first bad line."""
+def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
+    """Every row of the file with its 'FILE:LINE', validated; raises DataError at the first bad line."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -104,21 +131,50 @@ def read_jsonl(path: str | Path) -> list[dict]:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{p}:{line}: not UTF-8 text; save the file as UTF-8") from None
-    rows: list[dict] = []
+    rows: list[tuple[str, dict]] = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{p}:{n}"
+        if len(line.encode()) > MAX_LINE_BYTES:
+            raise DataError(f"{where}: the line has {len(line.encode()):,} bytes; the limit is {MAX_LINE_BYTES:,} "
+                            "per example; shorten it or leave the line out")
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(
                 f"{where}: malformed JSON ({e.msg} at column {e.colno}); each line must be one JSON object"
             ) from None
-        rows.append(parse_line(obj, where))
+        rows.append((where, parse_line(obj, where)))
     if not rows:
         raise DataError(f"{p}: no examples in the file; each line must be one JSON object")
     return rows
+
+
+def _check_conflicts(store: Store, rows: list[tuple[str, dict]], split: str) -> None:
+    """Refuse ids that name another question and questions already in the other split."""
+    seen: dict[str, tuple[str, dict]] = {}
+    for where, row in rows:
+        if row["id"] in seen and (seen[row["id"]][1]["question"], seen[row["id"]][1]["answer"]) != (row["question"], row["answer"]):
+            raise DataError(f"{where}: id {row['id']!r} is also used by {seen[row['id']][0]} for a different "
+                            "question or answer; give each example its own id")
+        seen.setdefault(row["id"], (where, row))
+        old = store.get_example(row["id"])
+        if old is not None and (old["question"], old["answer"]) != (row["question"], row["answer"]):
+            raise DataError(f"{where}: id {row['id']!r} already names a different example in the workspace "
+                            f"({old['split']}: {old['question'][:60]!r}, answer {old['answer']!r}); give this one "
+                            "another id, or `distillery data remove` the old one first")
+        if old is not None and old["split"] != split:
+            raise DataError(f"{where}: example {row['id']!r} is already in the {old['split']} split; an example "
+                            f"cannot be in both (it would be {'trained on and scored' if split == 'dev' else 'scored and trained on'})")
+    other = "pool" if split == "dev" else "dev"
+    by_q = store.examples_by_question(r["question"] for _, r in rows)
+    for where, row in rows:
+        hit = by_q.get(row["question"])
+        if hit is not None and hit["split"] == other:
+            raise DataError(f"{where}: this question is already in the {other} split (example {hit['id']}); "
+                            f"a question in both pool and dev would be scored on what it was trained on; "
+                            "leave the line out")
 
 
 def import_file(store: Store, path: str | Path, split: str = "pool") -> dict:
@@ -126,5 +182,6 @@ def import_file(store: Store, path: str | Path, split: str = "pool") -> dict:
     if split not in ("pool", "dev"):
         raise DataError(f"--split must be 'pool' or 'dev', not {split!r}")
     rows = read_jsonl(path)
-    added, skipped = store.add_examples(rows, split)
+    _check_conflicts(store, rows, split)
+    added, skipped = store.add_examples([r for _, r in rows], split, restore=True)
     return {"file": str(path), "split": split, "rows": len(rows), "added": added, "skipped": skipped}

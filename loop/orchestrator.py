@@ -31,8 +31,9 @@ from . import steps as S
 from .config import Config
 from .errors import RunFailure, UserError
 from .heartbeat import Heartbeat
-from .preflight import check_teachers
+from .preflight import check_generation, check_teachers
 from .summary import STEP_ORDER as STEPS, best_k as best_of, step_line
+from .terminal import SafeConsole, StepProgress
 
 TEMPLATES = ("rationale", "refine", "student", "demonstration", "verify")
 
@@ -87,7 +88,7 @@ class Orchestrator:
         self.cfg = cfg
         self.store = store
         self.run_name = run_name or cfg.run_name
-        self.console = console or Console(stderr=False)
+        self.console = console or SafeConsole(stderr=False)
         self.stop_event = stop_event or threading.Event()
         self.hb = heartbeat or Heartbeat(None)
         self._iterations_override = max_iterations
@@ -102,9 +103,11 @@ class Orchestrator:
         self.run: dict | None = None
         self.loaded_adapter: Any = "unloaded"
         self.show_train_progress = not quiet
+        self.live = StepProgress(self.console)
         self._student = None
         self._init_state = None
         self._pool = None
+        self._vllm = None
         self._step_t0 = 0.0
         self._follow_base = 0  # patience and max_iterations count from here after a wake-up
         self.timings: dict[str, float] = {}  # seconds by category, for bench/loop_bench.py
@@ -120,6 +123,7 @@ class Orchestrator:
             self.set_config(self._run_config(run))
         self.templates = self.load_templates(strict=True)
         self._check_teachers()
+        check_generation(self.cfg)
         from .train_job import check_launch
 
         check_launch(self.cfg, self.ws)
@@ -154,6 +158,7 @@ class Orchestrator:
         if self._iterations_override is None:
             self.max_iterations = cfg.loop.max_iterations
         self._pool = None
+        self._vllm = None
 
     def _run_config(self, run: dict) -> Config:
         from pydantic import ValidationError
@@ -263,6 +268,16 @@ class Orchestrator:
         p = self.ws / adapter / "adapter_model.safetensors"
         return hashlib.sha256(p.read_bytes()).hexdigest()
 
+    @property
+    def vllm(self):
+        """The vLLM server of generation.backend = "vllm" (loop/generation.py),
+        and the adapter this process made it hold."""
+        if self._vllm is None:
+            from .generation import VLLMServer
+
+            self._vllm = VLLMServer(self.cfg, self.ws)
+        return self._vllm
+
     # ------------------------------------------------------------------ teachers
     @property
     def teacher_pool(self):
@@ -357,6 +372,8 @@ class Orchestrator:
         # between at most every heartbeat.min_interval
         self.hb.update(step=step, progress={"done": done, "total": total},
                        force=done == 0 or (total is not None and done >= total))
+        if not self.quiet and step != "train":  # the trainer draws its own bar
+            self.live.update(step, done, total)
 
     def commit_step(self, k: int, step: str, info: dict, write: Callable[[], Any]) -> None:
         """The step's writes and its `finish_step` in one transaction."""
@@ -484,7 +501,10 @@ class Orchestrator:
             self.store.begin_step(self.run_id, k, step)
             self.hb.update(iteration=k, step=step, progress=None, force=True)
             self._step_t0 = time.perf_counter()
-            info = funcs[step](self, k)
+            try:
+                info = funcs[step](self, k)
+            finally:
+                self.live.close()
             self.timings[step] = self.timings.get(step, 0.0) + time.perf_counter() - self._step_t0
             if not self.quiet:
                 self.console.print(f"[dim]k={k}[/] {step:<9} {step_line(step, info)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from urllib.parse import urlsplit
 
@@ -32,8 +33,6 @@ def check_teachers(cfg) -> None:
                 "or \"openai/<name>\" with api_base for a local OpenAI-compatible server"
             ) from None
         if t.api_key_env:
-            import os
-
             if not os.environ.get(t.api_key_env):
                 raise UserError(f"teacher {t.name!r}: environment variable {t.api_key_env} is not set; export it (api_key_env names it)")
         if t.api_base:
@@ -46,3 +45,31 @@ def check_teachers(cfg) -> None:
                     f"teacher {t.name!r}: cannot reach api_base {t.api_base} ({e.strerror or e}); "
                     "start the server, or fix api_base in distillery.toml"
                 ) from None
+
+
+def check_generation(cfg) -> None:
+    """generation.backend = "vllm": the settings it needs, and a server at
+    vllm_base_url that answers /v1/models with a base model (a request that
+    costs nothing and loads nothing)."""
+    if cfg.generation.backend != "vllm":
+        return
+    from student.vllm_client import VLLMClient, VLLMError
+
+    from .generation import api_key, base_model, server_command
+
+    g = cfg.generation
+    start = f"start the server with `{server_command(cfg)}`"
+    if not g.vllm_base_url:
+        raise UserError("generation.backend = \"vllm\" needs generation.vllm_base_url, the server's URL "
+                        f"(e.g. \"http://127.0.0.1:8000/v1\"); {start}")
+    if cfg.student.full_finetune:
+        raise UserError("generation.backend = \"vllm\" serves the student's LoRA adapters, and "
+                        "student.full_finetune = true trains none; set one of them back")
+    if g.vllm_api_key_env and not os.environ.get(g.vllm_api_key_env):
+        raise UserError(f"generation.vllm_api_key_env: environment variable {g.vllm_api_key_env} is not set; "
+                        "export it (the key the server was started with, `vllm serve --api-key`)")
+    try:
+        with VLLMClient(g.vllm_base_url, api_key=api_key(cfg), timeout=10.0, retries=0) as client:
+            base_model(client.model_cards(), client.base_url)
+    except VLLMError as e:
+        raise UserError(f"generation.backend = \"vllm\": {e}; {start}, or fix generation.vllm_base_url") from None

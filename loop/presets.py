@@ -169,7 +169,11 @@ processes = 1              # N > 1: each iteration trains as a job of N ranks (o
 launcher = "torchrun"      # or "accelerate", with accelerate_config = "fsdp.yaml" for FSDP/DeepSpeed
 
 [generation]
-backend = "transformers"   # or "vllm" with vllm_base_url = "http://127.0.0.1:8000/v1"
+# "vllm": mine, evaluate and the self teacher generate on a vLLM server that serves
+# student.name and loads each iteration's adapter; start it first with
+#   VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve Qwen/Qwen2.5-0.5B-Instruct --enable-lora --max-lora-rank 16
+backend = "transformers"
+# vllm_base_url = "http://127.0.0.1:8000/v1"
 max_new_tokens = 512
 n_samples = 2
 

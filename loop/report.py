@@ -89,12 +89,16 @@ def build_report(store, run_name: str | None) -> str:
         from .errors import UserError
 
         raise UserError("no runs in this workspace yet; start one with `distillery run`")
-    run = store.find_run(run_name) if run_name else None
-    run = run or runs[-1]
+    run = store.find_run(run_name) if run_name else runs[-1]
+    if run is None:
+        from .errors import UserError
+
+        raise UserError(f"no run named {run_name!r}; runs in this workspace: "
+                        f"{', '.join(r['name'] for r in runs)} (see `distillery runs`)")
     its = done_iterations(store, run)
     base = (its[0]["metrics"].get("baseline_dev_acc") if its else None)
     cfg = run.get("config") or {}
-    examples = {e["id"]: e for e in store.list_examples()}
+    examples = {e["id"]: e for e in store.list_examples(state="all")}
 
     pts = [("base", base)] + [(str(it["k"]), it["metrics"].get("dev_acc")) for it in its]
     pool_pts = [("base", None)] + [(str(it["k"]), it["metrics"].get("pool_acc")) for it in its]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from student.scoring import answers_equal, extract_answer, is_correct
 
 from .errors import RunFailure, UserError
+from .generation import generate
 from .trainset import build_train_examples
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,36 +36,16 @@ NO_PREVIOUS = "(none: the student has not studied a solution for this question y
 # --------------------------------------------------------------------------- helpers
 
 
-def _chunks(items: list, size: int) -> list[list]:
-    return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
-
-
-def answer_questions(o: "Orchestrator", step: str, examples: list[dict], *, n_samples: int = 0, seed: int = 0) -> list[list[str]]:
-    """Student answers (greedy first, then n_samples sampled) to the `student`
-    template for each example, in fixed chunks so progress shows and a stop
-    request is honoured between chunks.  The chunking depends only on the
-    inputs, so the outputs are the same in a restarted process."""
-    from student.generate import generate
-
+def answer_questions(o: "Orchestrator", step: str, examples: list[dict], adapter: str | None, *, n_samples: int = 0,
+                     seed: int = 0) -> list[list[str]]:
+    """Answers of the student with `adapter` (greedy first, then n_samples
+    sampled) to the `student` template for each example, through the
+    configured backend (loop/generation.py)."""
     g = o.cfg.generation
     tpl = o.templates["student"]
     prompts = [tpl.render(question=e["question"], answer_format=o.fmt) for e in examples]
-    out: list[list[str]] = []
-    chunk = max(g.batch_size, 1)
-    o.progress(step, 0, len(prompts))
-    for i, part in enumerate(_chunks(prompts, chunk)):
-        if not part:
-            break
-        o.check_stop()
-        with o.timed("generate"):
-            out.extend(
-                generate(
-                    o.student, part, n_samples=n_samples, temperature=g.temperature, top_p=g.top_p,
-                    max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, seed=seed + i,
-                )
-            )
-        o.progress(step, len(out), len(prompts))
-    return out
+    return generate(o, step, adapter, prompts, n_samples=n_samples, temperature=g.temperature, top_p=g.top_p,
+                    max_new_tokens=g.max_new_tokens, seed=seed)
 
 
 def score_rows(o: "Orchestrator", examples: list[dict], outputs: list[list[str]], reference: dict[str, str] | None = None) -> list[dict]:
@@ -96,9 +77,8 @@ def accuracy(rows: list[dict]) -> tuple[float | None, int, int]:
 
 def baseline(o: "Orchestrator", k: int) -> dict:
     """Score the untrained student on dev (k = 0 only)."""
-    o.use_adapter(None)
     dev = o.store.list_examples("dev")
-    outs = answer_questions(o, "baseline", dev, seed=o.seed(k, 1))
+    outs = answer_questions(o, "baseline", dev, None, seed=o.seed(k, 1))
     rows = score_rows(o, dev, outs)
     acc, c, n = accuracy(rows)
     info = {"dev_acc": acc, "dev_correct": c, "dev_n": n}
@@ -140,8 +120,8 @@ def mine(o: "Orchestrator", k: int) -> dict:
                     correct = answers_equal(p["answer"], reference[e["id"]], o.fmt)
                 rows.append({"example_id": e["id"], "sample": 0, "output": p["output"], "answer": p["answer"], "correct": correct})
     if not reused:
-        o.use_adapter(o.adapter_before(k))
-        outs = answer_questions(o, "mine", pool, n_samples=o.cfg.generation.n_samples, seed=o.seed(k, 2))
+        outs = answer_questions(o, "mine", pool, o.adapter_before(k), n_samples=o.cfg.generation.n_samples,
+                                seed=o.seed(k, 2))
         rows = score_rows(o, pool, outs, reference)
     greedy = [r for r in rows if r["sample"] == 0]
     errors = [r["example_id"] for r in greedy if r["correct"] is False]
@@ -182,6 +162,8 @@ def teach(o: "Orchestrator", k: int) -> dict:
         current = o.store.dataset_for(o.run_id, k - 1, [p["example_id"] for p in errs]) if errs else {}
         prev_rats = o.store.get_rationales({d[0][0] for d in current.values() if d})
         for p in errs:
+            if p["example_id"] not in examples:  # removed (`data remove`) since it was mined
+                continue
             ex = examples[p["example_id"]]
             demos = current.get(p["example_id"]) or []
             parent = prev_rats.get(demos[0][0]) if demos else None
@@ -279,7 +261,6 @@ def _self_teach(o: "Orchestrator", k: int, t, jobs: list[dict], stats: dict) -> 
     rationales per prompt at `t.temperature` (greedy first).  Samples are cached
     like API calls, keyed by the adapter's hash, so a restart or a replay does
     not sample again."""
-    from student.generate import generate
     from teachers import cache
 
     jobs = [j for j in jobs if j.get("self_messages", j["messages"]) is not None]
@@ -303,20 +284,9 @@ def _self_teach(o: "Orchestrator", k: int, t, jobs: list[dict], stats: dict) -> 
     texts: dict[int, list[str]] = {i: [h.text for h in hs] for i, hs in enumerate(hits) if i not in missing_set}
     stats["cached"] += sum(len(v) for v in texts.values())
     if missing:
-        o.use_adapter(adapter)
-        prompts = [jobs[i]["self_messages"] for i in missing]
-        outs: list[list[str]] = []
-        g = o.cfg.generation
-        o.progress("teach", 0, len(prompts))
-        for c, part in enumerate(_chunks(prompts, max(g.batch_size, 1))):
-            if not part:
-                break
-            o.check_stop()
-            with o.timed("generate"):
-                outs.extend(generate(o.student, part, n_samples=t.samples - 1, temperature=t.temperature,
-                                     top_p=params["top_p"], max_new_tokens=params["max_tokens"],
-                                     batch_size=g.batch_size, seed=params["seed"] + c))
-            o.progress("teach", len(outs), len(prompts))
+        outs = generate(o, "teach", adapter, [jobs[i]["self_messages"] for i in missing], n_samples=t.samples - 1,
+                        temperature=t.temperature, top_p=params["top_p"], max_new_tokens=params["max_tokens"],
+                        seed=params["seed"])
         for i, o_texts in zip(missing, outs):
             texts[i] = o_texts[: t.samples]
         stats["calls"] += sum(len(texts[i]) for i in missing)
@@ -415,7 +385,7 @@ def _verify_inputs(o: "Orchestrator", k: int) -> tuple[list[str], dict, dict, di
     for rid, r in rats.items():  # rows written before teach recorded the context
         if context[rid] == (None, None):
             context[rid] = (r["parent_id"], r["error_prediction"])
-    examples = {e["id"]: e for e in o.store.list_examples("pool")}
+    examples = {e["id"]: e for e in o.store.list_examples("pool", state="all")}
     parents = o.store.get_rationales({p for p, _ in context.values() if p})
     preds = {pid: o.store.get_prediction(pid) for _, pid in context.values() if pid is not None}
     return [i for i in ids if i in rats], rats, context, examples, parents, preds
@@ -530,7 +500,7 @@ def agree_step(o: "Orchestrator", k: int) -> dict:
     for rid in dict.fromkeys(ids):  # unique, in teach order
         if rid in rats:
             by_ex[rats[rid]["example_id"]].append(rats[rid])
-    golds = {e["id"]: e.get("answer") for e in o.store.list_examples("pool")}
+    golds = {e["id"]: e.get("answer") for e in o.store.list_examples("pool", state="all")}
     decisions: list[tuple[str, bool, float, str | None]] = []
     for eid, rs in by_ex.items():
         gold = golds.get(eid)
@@ -569,7 +539,7 @@ def version(o: "Orchestrator", k: int) -> dict:
         if rid in rats and rid not in new[rats[rid]["example_id"]]:
             new[rats[rid]["example_id"]].append(rid)
     prev = o.store.dataset(o.run_id, k - 1) if k > 0 else {}
-    changes: dict[str, list[tuple[str, float]]] = {}
+    changes: dict[str, list[tuple[str, float]] | None] = {}
     for eid, rids in new.items():
         if o.cfg.loop.combine == "accumulate" and eid in prev:
             old = [r for r, _ in prev[eid]]
@@ -581,6 +551,14 @@ def version(o: "Orchestrator", k: int) -> dict:
     # are content hashes: a self teacher that memorised its demonstration
     # writes it again word for word).  That is no change, and is not counted.
     changes = {eid: demos for eid, demos in changes.items() if list(prev.get(eid, [])) != demos}
+    # `distillery data remove`: a removed example leaves the dataset from this version on
+    removed = set(o.store.removed_examples())
+    for eid in set(changes) | set(prev):
+        if eid in removed:
+            if eid in prev:
+                changes[eid] = None
+            else:
+                changes.pop(eid, None)
     gold_added = 0
     gold_writes = []
     if o.cfg.loop.gold_fallback:
@@ -598,9 +576,9 @@ def version(o: "Orchestrator", k: int) -> dict:
             changes[ex["id"]] = [(rid, 1.0)]
         o.store.write_dataset_version(o.run_id, k, changes)
 
-    size = len(set(prev) | set(changes) | {ex["id"] for ex in gold_writes})
+    size = len((set(prev) | set(changes) | {ex["id"] for ex in gold_writes}) - removed)
     info = {"changed": len(changes) + gold_added, "gold_added": gold_added, "combine": o.cfg.loop.combine,
-            "size": size, "size_before": len(prev)}
+            "size": size, "size_before": len(prev), "removed": sum(1 for d in changes.values() if d is None)}
     o.commit_step(k, "version", info, write)
     return info
 
@@ -721,13 +699,12 @@ def _answers_reusing_previous(o: "Orchestrator", k: int, examples: list[dict]) -
         known = {p["example_id"]: p["output"] for p in o.store.list_predictions(prev["run_id"], prev["k"], "eval")
                  if p["sample"] == 0}
     todo = [e for e in examples if e["id"] not in known]
-    fresh = iter(answer_questions(o, "evaluate", todo, seed=o.seed(k, 4)) if todo else [])
+    fresh = iter(answer_questions(o, "evaluate", todo, o.adapter_of(k), seed=o.seed(k, 4)) if todo else [])
     return [[known[e["id"]]] if e["id"] in known else next(fresh) for e in examples]
 
 
 def evaluate(o: "Orchestrator", k: int) -> dict:
     """Score dev (and the pool when loop.eval_pool) with iteration k's adapter."""
-    o.use_adapter(o.adapter_of(k))
     dev = o.store.list_examples("dev")
     # with mine_limit the pool is scored on the slice the next iteration mines,
     # so `mine` at k+1 reuses these predictions instead of answering again

@@ -146,6 +146,22 @@ def result_line(rows: list[dict]) -> str:
             f"iterations; `distillery export best`); stopped: {stop}")
 
 
+# what lifts each stop rule, for a `run` that finds nothing to do
+_CONTINUE = {
+    "patience": "raise loop.patience in distillery.toml, or give the loop something new "
+                "(`distillery data add`, an edited template) and run again",
+    "max_iterations": "pass --iterations N with N > {next} (or raise loop.max_iterations)",
+    "no_errors": "the student answers every pool question right; add pool examples with `distillery data add`",
+    "budget": "raise loop.budget_usd in distillery.toml and run again",
+}
+
+
+def nothing_to_run(last_k: int, reason: str | None) -> str:
+    """Why `run` did nothing: the last iteration already meets a stop rule, and how to go on."""
+    how = _CONTINUE.get(reason or "", "change the setting that stopped it").format(next=last_k + 1)
+    return f"nothing to run: iteration {last_k} already meets the stop rule {reason!r}; to continue, {how}"
+
+
 def iterations_text(rows: list[dict], baseline: float | None) -> str:
     """The same table as plain text (for logs, the README and reports)."""
     best = best_k(rows)

@@ -49,7 +49,7 @@ def build_train_examples(o: "Orchestrator", k: int, wrong: dict[str, str]):
     tok, max_len = o.student.tokenizer, o.cfg.student.max_length
     data = o.store.dataset(o.run_id, k)
     rats = o.store.get_rationales({rid for demos in data.values() for rid, _ in demos})
-    examples = {e["id"]: e for e in o.store.list_examples("pool")}
+    examples = {e["id"]: e for e in o.store.list_examples("pool", state="all")}
     st, dm, fmt = o.templates["student"], o.templates["demonstration"], o.fmt
     K = o.cfg.loss.num_contexts
     stats = LengthStats()

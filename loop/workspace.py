@@ -8,9 +8,11 @@ from a preset; `load_workspace_config` and `open_store` read it.
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from pathlib import Path
 
-from store import DB_NAME, Store
+from store import DB_NAME, EmptyDatabase, Store
 
 from .config import Config, load_config
 from .errors import UserError
@@ -55,22 +57,66 @@ def load_workspace_config(ws: Path) -> Config:
     return load_config(ws / CONFIG_NAME)
 
 
-def open_store(ws: Path) -> Store:
-    """The workspace database (migrations applied).  Refuses a workspace whose
-    database is missing rather than silently creating an empty one."""
+def open_store(ws: Path, *, write: bool = False) -> Store:
+    """The workspace database (migrations applied).  Opened read-only where it
+    cannot be written, so inspection works on a read-only workspace; `write`
+    (a command that will write) refuses that at once instead, before any work
+    is done.  Refuses a workspace whose database is missing or empty rather
+    than silently creating a new one in its place."""
     db = ws / DB_NAME
     if not db.is_file():
-        raise WorkspaceNotFound(
-            f"{db} is missing; create an empty one with `distillery init {ws} --force` (keeps distillery.toml and prompts/)"
-        )
-    return Store.open(db)
+        raise WorkspaceNotFound(f"{db} is missing. Restore it from a backup if you have one; or start an empty "
+                                f"database with {_reinit_advice(ws, empty=False)}")
+    try:
+        return Store.open(db, readonly=False if write else None)
+    except EmptyDatabase as e:
+        raise UserError(f"{e}. To start a new one: {_reinit_advice(ws, empty=True)}") from None
+
+
+def _reinit_advice(ws: Path, *, empty: bool) -> str:
+    """What `init --force` does to this workspace, said exactly, since the
+    user is about to run it on the word of an error message."""
+    try:
+        preset = load_workspace_config(ws).preset
+    except UserError:
+        preset = "demo"
+    moved = f" (the empty one is moved to {DB_NAME}.bak-<date>-<time>)" if empty else ""
+    return (f"`distillery init {ws} --force --preset {preset}`: it creates a new {DB_NAME}{moved}, rewrites "
+            f"{CONFIG_NAME} from the {preset} preset, first copying yours (when it differs) to "
+            f"{CONFIG_NAME}.bak-<date>-<time> (copy your settings back from it), and keeps prompts/")
+
+
+def backup(path: Path, *, move: bool = False) -> Path:
+    """Keep `path` as PATH.bak-YYYYmmdd-HHMMSS (a free name: -1, -2... on a
+    clash) before it is replaced; copied (metadata too), or renamed with
+    `move`, which takes SQLite's -wal/-shm files beside a database along."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = path.with_name(f"{path.name}.bak-{stamp}")
+    n = 0
+    while dest.exists():
+        n += 1
+        dest = path.with_name(f"{path.name}.bak-{stamp}-{n}")
+    if move:
+        os.replace(path, dest)
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                os.replace(side, dest.with_name(dest.name + suffix))
+    else:
+        shutil.copy2(path, dest)
+    return dest
 
 
 def init_workspace(directory: str | Path, preset: str = "demo", *, force: bool = False) -> dict:
     """Create a workspace: distillery.toml from the preset, the default
     templates in prompts/, distillery.db with the schema.  Returns what was done.
-    With force, an existing workspace's config is rewritten; templates the user
-    edited and the database (runs, data) are kept, missing ones are created."""
+
+    With force, an existing workspace's config is rewritten, its previous
+    version copied to distillery.toml.bak-<date>-<time> first; templates the
+    user edited and the database (runs, data) are kept, missing ones are
+    created, and an empty database file is moved aside the same way and
+    replaced.  A database that cannot be used (damaged, newer, read-only)
+    stops it before anything is written."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; use --preset {' | '.join(PRESETS)}")
     ws = Path(directory).expanduser()
@@ -80,18 +126,27 @@ def init_workspace(directory: str | Path, preset: str = "demo", *, force: bool =
     existing = [p.name for p in (cfg_path, db_path) if p.exists()]
     if existing and not force:
         raise WorkspaceExists(
-            f"{ws} is already a workspace ({', '.join(existing)} exist); "
-            "pass --force to rewrite its config (your edited templates and the database are kept), or choose another DIR"
+            f"{ws} is already a workspace ({', '.join(existing)} exist); pass --force to rewrite its config from "
+            f"the preset (yours is copied to {CONFIG_NAME}.bak-<date>-<time> first; your edited templates and the "
+            "database are kept), or choose another DIR"
         )
     text = preset_toml(preset)
     ws.mkdir(parents=True, exist_ok=True)
+    backups: list[dict] = []
+    kept_database = db_path.exists()
+    try:
+        Store.open(db_path, readonly=False).close()  # creates the file and applies migrations
+    except EmptyDatabase:
+        backups.append({"file": str(db_path), "backup": str(backup(db_path, move=True)), "why": "empty"})
+        Store.open(db_path, readonly=False).close()
+        kept_database = False
     prompts_dir = ws / PROMPTS_DIR
     prompts_dir.mkdir(exist_ok=True)
     import prompts  # lazily: the prompts package is only needed here
 
-    prompts.copy_defaults(prompts_dir)
-    with Store.open(db_path):
-        pass  # creates the file and applies migrations
+    prompts.copy_defaults(prompts_dir)  # never overwrites a template
+    if cfg_path.exists() and cfg_path.read_text(encoding="utf-8") != text:
+        backups.append({"file": str(cfg_path), "backup": str(backup(cfg_path)), "why": "replaced"})
     tmp = cfg_path.with_suffix(".toml.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, cfg_path)  # the config appears whole or not at all
@@ -102,5 +157,6 @@ def init_workspace(directory: str | Path, preset: str = "demo", *, force: bool =
         "config": str(cfg_path),
         "prompts": sorted(p.name for p in prompts_dir.iterdir()),
         "database": str(db_path),
-        "kept_database": DB_NAME in existing,
+        "kept_database": kept_database,
+        "backups": backups,
     }

@@ -6,14 +6,24 @@ out; they render as `none`).  Every problem a user can make while editing one
 is caught when the file is *loaded* (YAML error, missing key, Jinja syntax
 error, a variable used but not declared, an attribute starting with "_"), or
 when it is *rendered* (a required variable missing, a variable passed that is
-not declared, a sandbox violation), and reported as `TemplateError` naming the
-file and the line in that file, so `distillery prompts edit` can refuse it
-before any teacher is called.
+not declared, a sandbox violation, a limit passed), and reported as
+`TemplateError` naming the file and the line in that file, so `distillery
+prompts edit` can refuse it before any teacher is called.
+
+Limits: a template is code that a user (or whoever can write prompts/) runs
+inside a long-lived daemon, and the sandbox bounds what it may touch, not how
+long it runs.  Each part renders under RENDER_SECONDS of wall time and
+RENDER_CHARS of output: output is streamed (`generate`) and counted, time is
+checked by a trace function installed only on the template's own frames (a
+loop that prints nothing still executes its lines), and `*`/`**` are
+intercepted so that `"x" * 10**9` is refused before it allocates.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +48,53 @@ class TemplateError(ValueError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+RENDER_SECONDS = 2.0  # per part; real prompts render in well under a millisecond
+RENDER_CHARS = 1_000_000  # per part; a prompt is sent to a model, whose context is far smaller
+_MAX_EXPONENT = 1_000
+
+
+class _Env(SandboxedEnvironment):
+    """The sandbox, with `*` and `**` checked before they run."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > RENDER_CHARS:
+                    raise SecurityError(f"{type(seq).__name__} * {n} would hold {len(seq) * n:,} items; "
+                                        f"the limit is {RENDER_CHARS:,}")
+        if operator == "**" and isinstance(right, int) and abs(right) > _MAX_EXPONENT:
+            raise SecurityError(f"exponent {right} is over the limit of {_MAX_EXPONENT}")
+        return super().call_binop(context, operator, left, right)
+
+
 def _env() -> SandboxedEnvironment:
     # keep_trailing_newline=False: a YAML block scalar ends with "\n" we don't want.
-    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=False)
+    return _Env(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=False)
+
+
+class _TooSlow(Exception):
+    pass
+
+
+class _Deadline:
+    """sys.settrace hook that raises _TooSlow inside a template frame once the
+    time is up.  Only frames of compiled templates ("<template>") are traced
+    line by line, so the cost is confined to the template's own code."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+        self.events = 0
+
+    def __call__(self, frame, event, arg):
+        return self._line if frame.f_code.co_filename == "<template>" else None
+
+    def _line(self, frame, event, arg):
+        self.events += 1
+        if self.events % 256 == 0 and time.monotonic() > self.end:
+            raise _TooSlow()
+        return self._line
 
 
 _ENV = _env()
@@ -176,8 +230,23 @@ class Template:
         return messages
 
     def _render_part(self, part: str, ctx: dict[str, Any]) -> str:
+        previous = sys.gettrace()
+        sys.settrace(_Deadline(RENDER_SECONDS))
         try:
-            return self._compiled[part].render(**ctx)
+            out: list[str] = []
+            size = 0
+            for chunk in self._compiled[part].generate(**ctx):
+                size += len(chunk)
+                if size > RENDER_CHARS:
+                    raise TemplateError(f"{part!r} renders more than {RENDER_CHARS:,} characters, the limit of a "
+                                        "template part; check its loops", path=self.path, line=self._file_line(part, None))
+                out.append(chunk)
+            return "".join(out)
+        except _TooSlow as e:
+            raise TemplateError(f"{part!r} did not finish rendering within {RENDER_SECONDS:g} s, the limit of a "
+                                "template part; check its loops", path=self.path, line=self._error_line(part, e)) from None
+        except TemplateError:
+            raise
         except SecurityError as e:
             raise TemplateError(f"refused by the sandbox in {part!r}: {e}", path=self.path, line=self._error_line(part, e)) from None
         except jinja2.UndefinedError as e:
@@ -186,6 +255,8 @@ class Template:
             raise TemplateError(f"error in {part!r}: {e}", path=self.path, line=self._error_line(part, e)) from None
         except Exception as e:  # e.g. a filter applied to the wrong type
             raise TemplateError(f"error in {part!r}: {type(e).__name__}: {e}", path=self.path, line=self._error_line(part, e)) from None
+        finally:
+            sys.settrace(previous)
 
     def _error_line(self, part: str, exc: BaseException) -> int:
         # Jinja rewrites tracebacks so template frames carry template line numbers.

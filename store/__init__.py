@@ -4,6 +4,12 @@ Imports nothing else of Distillery's.
 """
 
 from .db import DB_NAME, Store, now, sha256_text
-from .errors import Ambiguous, Conflict, NotFound, StoreError
+from .errors import (
+    Ambiguous, Conflict, CorruptDatabase, DatabaseFault, EmptyDatabase, ForeignDatabase, NewerDatabase, NotFound,
+    ReadOnlyDatabase, StoreError,
+)
 
-__all__ = ["DB_NAME", "Store", "now", "sha256_text", "StoreError", "NotFound", "Ambiguous", "Conflict"]
+__all__ = [
+    "DB_NAME", "Store", "now", "sha256_text", "StoreError", "NotFound", "Ambiguous", "Conflict",
+    "DatabaseFault", "CorruptDatabase", "ReadOnlyDatabase", "NewerDatabase", "EmptyDatabase", "ForeignDatabase",
+]

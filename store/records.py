@@ -83,9 +83,11 @@ class RecordsMixin:
                 raise NotFound(f"no run with id {run_id}")
 
     # -------------------------------------------------------------- examples
-    def add_examples(self, rows: Iterable[dict], split: str) -> tuple[int, int]:
-        """Insert examples; rows whose id is already stored are skipped.
-        A row: {"question", "answer", "rationale"?, "id"?, "meta"?}."""
+    def add_examples(self, rows: Iterable[dict], split: str, *, restore: bool = False) -> tuple[int, int]:
+        """Insert examples; rows whose id is already stored are skipped, or,
+        with `restore` (`distillery data add`), a removed one takes part again
+        (the built-in task re-adds its rows at every run and must not undo a
+        removal).  A row: {"question", "answer", "rationale"?, "id"?, "meta"?}."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
         added = skipped = 0
@@ -95,6 +97,12 @@ class RecordsMixin:
                 a = row.get("answer")
                 a = None if a is None else str(a)
                 eid = row.get("id") or example_id(q, a)
+                if restore and c.execute("DELETE FROM example_removals WHERE example_id = ?", (eid,)).rowcount:
+                    c.execute("INSERT INTO events (run_id, k, step, kind, message, data, created)"
+                              " VALUES (NULL, NULL, NULL, 'data', ?, ?, ?)",
+                              (f"example {eid} added again (restored)", dumps({"restored": eid}), now()))
+                    added += 1
+                    continue
                 rat = row.get("rationale")
                 rh = self.put_text(rat) if rat else None
                 cur = c.execute(
@@ -120,19 +128,63 @@ class RecordsMixin:
             "rationale": r[4], "meta": loads(r[5]), "created": r[6],
         }
 
-    def list_examples(self, split: str | None = None) -> list[dict]:
-        if split is None:
-            rows = self.conn.execute(self._EXAMPLE_SQL + " ORDER BY e.rowid").fetchall()
-        else:
-            rows = self.conn.execute(
-                self._EXAMPLE_SQL + " WHERE e.split = ? ORDER BY e.rowid", (split,)
-            ).fetchall()
-        return [self._example_row(r) for r in rows]
+    _ACTIVE = "e.id NOT IN (SELECT example_id FROM example_removals)"
+
+    def list_examples(self, split: str | None = None, *, state: str = "active") -> list[dict]:
+        """Examples in import order: those that take part ("active"), the
+        removed ones ("removed"), or every stored one ("all": for lookups by id
+        of what older iterations refer to)."""
+        where = {"active": [self._ACTIVE], "removed": ["NOT " + self._ACTIVE], "all": ["1"]}[state]
+        args: list[Any] = []
+        if split is not None:
+            where.append("e.split = ?")
+            args.append(split)
+        rows = self.conn.execute(self._EXAMPLE_SQL + " WHERE " + " AND ".join(where) + " ORDER BY e.rowid", args)
+        return [self._example_row(r) for r in rows.fetchall()]
 
     def count_examples(self, split: str | None = None) -> int:
+        """Examples that take part (removed ones are not counted)."""
+        sql = "SELECT COUNT(*) FROM examples e WHERE " + self._ACTIVE
         if split is None:
-            return self.conn.execute("SELECT COUNT(*) FROM examples").fetchone()[0]
-        return self.conn.execute("SELECT COUNT(*) FROM examples WHERE split = ?", (split,)).fetchone()[0]
+            return self.conn.execute(sql).fetchone()[0]
+        return self.conn.execute(sql + " AND e.split = ?", (split,)).fetchone()[0]
+
+    def examples_by_question(self, questions: Iterable[str]) -> dict[str, dict]:
+        """{question: stored example} for the stored questions among `questions` (removed ones too)."""
+        out: dict[str, dict] = {}
+        qs = list(dict.fromkeys(questions))
+        for i in range(0, len(qs), 500):  # SQLite's bound-parameter limit
+            part = qs[i : i + 500]
+            sql = self._EXAMPLE_SQL + f" WHERE e.question IN ({', '.join('?' * len(part))})"
+            for r in self.conn.execute(sql, part).fetchall():
+                out.setdefault(r[2], self._example_row(r))
+        return out
+
+    def removed_examples(self) -> dict[str, dict]:
+        """{example id: {"reason", "created"}} of every removed example."""
+        rows = self.conn.execute("SELECT example_id, reason, created FROM example_removals ORDER BY created")
+        return {r[0]: {"reason": r[1], "created": r[2]} for r in rows.fetchall()}
+
+    def remove_examples(self, ids: Iterable[str], reason: str | None = None) -> list[str]:
+        """Take examples out of the pool/dev sets (an event; nothing is deleted).
+        Returns the ids newly removed; unknown ids raise NotFound before any write."""
+        ids = list(dict.fromkeys(ids))
+        missing = [i for i in ids if self.conn.execute("SELECT 1 FROM examples WHERE id = ?", (i,)).fetchone() is None]
+        if missing:
+            raise NotFound(f"no example with id {missing[0]!r}")
+        done = []
+        with self.transaction() as c:
+            for eid in ids:
+                cur = c.execute("INSERT OR IGNORE INTO example_removals (example_id, reason, created) VALUES (?, ?, ?)",
+                                (eid, reason, now()))
+                if cur.rowcount:
+                    done.append(eid)
+            if done:
+                c.execute("INSERT INTO events (run_id, k, step, kind, message, data, created)"
+                          " VALUES (NULL, NULL, NULL, 'data', ?, ?, ?)",
+                          (f"{len(done)} example(s) removed" + (f": {reason}" if reason else ""),
+                           dumps({"removed": done, "reason": reason}), now()))
+        return done
 
     def get_example(self, id: str) -> dict | None:
         r = self.conn.execute(self._EXAMPLE_SQL + " WHERE e.id = ?", (id,)).fetchone()

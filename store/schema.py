@@ -4,12 +4,17 @@ Rules (as in simonw/llm): a migration is never edited once it has shipped; a
 schema change is a new function appended to MIGRATIONS.  `apply_migrations`
 runs every migration not yet recorded in `_migrations`, all inside one
 transaction, so a database is either fully at the new schema or untouched.
+A file it must not migrate (written by a newer version, not ours, or blank
+when the caller did not just create it) is refused with a DatabaseFault
+before anything is written.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from typing import Callable
+
+from .errors import EmptyDatabase, ForeignDatabase, NewerDatabase, ReadOnlyDatabase
 
 Migration = Callable[[sqlite3.Connection], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
@@ -201,27 +206,78 @@ def m002_rationale_verdicts(conn: sqlite3.Connection) -> None:
     )
 
 
-def _pending(conn: sqlite3.Connection) -> list[tuple[str, Migration]]:
-    has = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'").fetchone()
-    done = {row[0] for row in conn.execute("SELECT name FROM _migrations")} if has else set()
+@migration
+def m003_example_removals(conn: sqlite3.Connection) -> None:
+    conn.executescript(
+        """
+        -- `distillery data remove`: an example taken out of the pool/dev sets.
+        -- The examples row stays (predictions, rationales and dataset versions
+        -- refer to it); this row says it no longer takes part, since when and why.
+        -- Adding the example again deletes this row (the events table keeps both).
+        CREATE TABLE example_removals (
+            example_id TEXT PRIMARY KEY REFERENCES examples(id),
+            reason TEXT,
+            created TEXT NOT NULL
+        );
+        """
+    )
+
+
+def _state(conn: sqlite3.Connection) -> tuple[dict[str, str], list[str]]:
+    """({migration: when applied} as recorded, the file's other tables)."""
+    tables = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    done = dict(conn.execute("SELECT name, applied FROM _migrations")) if "_migrations" in tables else {}
+    return done, [t for t in tables if t != "_migrations"]
+
+
+def _pending(conn: sqlite3.Connection, *, create: bool) -> list[tuple[str, Migration]]:
+    """The migrations still to apply.  Refuses a file that must not be
+    migrated: one a newer version wrote (a recorded name this code does not
+    know), an SQLite file that is not ours, and, unless `create`, a blank one
+    (no tables: a 0-byte file is one), whose data is gone rather than never made."""
+    done, tables = _state(conn)
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    known = {name for name, _ in MIGRATIONS}
+    unknown = sorted((name, applied) for name, applied in done.items() if name not in known)
+    if unknown:
+        raise NewerDatabase(path, unknown, MIGRATIONS[-1][0])
+    if not done:
+        if tables:
+            raise ForeignDatabase(path, tables)
+        if not create:
+            raise EmptyDatabase(path)
     return [(n, fn) for n, fn in MIGRATIONS if n not in done]
 
 
-def apply_migrations(conn: sqlite3.Connection) -> list[str]:
+def apply_migrations(conn: sqlite3.Connection, *, create: bool = True, readonly: str | None = None) -> list[str]:
     """Apply pending migrations in one transaction; return the names applied.
+
+    `create`: a blank file may be initialised (the caller just made it).
+    `readonly`: why the connection cannot write; then this only checks, and a
+    database that needs a migration is refused (ReadOnlyDatabase).
 
     The common case (nothing pending) only reads, so opening a database that
     another process is writing never waits for its write lock.  Otherwise the
     write lock is taken first and the pending list re-read under it, so two
-    processes opening a blank file at once do not both migrate; a failing
-    migration rolls back everything, the _migrations table included."""
-    if not _pending(conn):
+    processes opening a blank file at once do not both migrate, and a blank
+    file the caller did not create is only called empty once any migration
+    in progress has committed or rolled back; a failing migration rolls back
+    everything, the _migrations table included."""
+    if readonly is not None:
+        pending = _pending(conn, create=False)
+        if pending:
+            path = conn.execute("PRAGMA database_list").fetchone()[2]
+            raise ReadOnlyDatabase(path, readonly, "this version of Distillery must first add migration "
+                                                   f"{', '.join(n for n, _ in pending)} to it")
+        return []
+    if not _pending(conn, create=True):
         return []
     # executescript() would commit implicitly, so statements run one by one
     # inside an explicit transaction; BEGIN IMMEDIATE takes the write lock up front.
     conn.execute("BEGIN IMMEDIATE")
     try:
-        pending = _pending(conn)
+        pending = _pending(conn, create=create)
         conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)")
         for name, fn in pending:
             for stmt in _split_script(fn):

@@ -52,6 +52,13 @@ class LossConfig(_Strict):
     teacher_adapter: Literal["ema", "previous", "base"] = "ema"
     ema_decay: float = Field(0.98, ge=0, le=1)
     ema_every: int = Field(1, ge=1)
+    # completion tokens per chunk of the LM head and of the full-vocabulary terms
+    # (student/losses.py: chunked_unisd_loss): memory ~ chunk_size·V instead of
+    # K·B·T·V.  128 keeps SmolLM2's [chunk, V] fp32 tensors (25 MB) under glibc's
+    # 32 MB mmap threshold, so CPU steps reuse heap memory instead of faulting in
+    # fresh pages (256 ran 1.7x slower).  0 = the unchunked reference (every
+    # logits tensor in full; benches and checks)
+    chunk_size: int = Field(128, ge=0)
 
 
 class TrainConfig(_Strict):
@@ -77,8 +84,13 @@ class TrainConfig(_Strict):
 
 
 class GenerationConfig(_Strict):
+    # "transformers": in this process; "vllm": an OpenAI-compatible vLLM server that
+    # serves student.name and loads each iteration's adapter (loop/generation.py)
     backend: Literal["transformers", "vllm"] = "transformers"
     vllm_base_url: str | None = None  # e.g. http://127.0.0.1:8000/v1 (server started with --enable-lora)
+    vllm_api_key_env: str | None = None  # NAME of the env var holding the server's --api-key, if it has one
+    # questions per chunk (progress and stop requests go between chunks); transformers:
+    # the batch size; vllm: the requests in flight at once
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.8, ge=0)  # for sampled answers; greedy sample 0 ignores it

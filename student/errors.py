@@ -25,6 +25,11 @@ class GenerationError(StudentError):
     """Generation was asked for something it cannot do (bad prompts or settings)."""
 
 
+class GenerationStopped(GenerationError):
+    """`should_stop()` turned true during generation (a stop request): the
+    batch in progress was cut short and the call returned nothing."""
+
+
 # Reason codes of a training row (or context) that does not fit `student.max_length`
 # (see student/lengths.py for the rule).  Plain strings: they key TrainResult.dropped
 # and the loop's counts.

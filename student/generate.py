@@ -18,11 +18,11 @@ same prompts; bench/train_bench.py prints it.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-from student.errors import GenerationError
+from student.errors import GenerationError, GenerationStopped
 from student.model import Student, prompt_ids, render_prompt
 
 __all__ = ["generate", "generate_ids", "render_prompt", "prompt_ids", "bench_generation"]
@@ -67,6 +67,19 @@ def _eos_ids(student: Student) -> set[int]:
     return ids
 
 
+def _stop_criteria(should_stop: Callable[[], bool] | None):
+    """transformers stopping criteria that end every row once should_stop() is true."""
+    if should_stop is None:
+        return None
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Stop()])
+
+
 def _gen_config(student: Student, *, sample: bool, n: int, temperature: float, top_p: float, max_new_tokens: int):
     """An explicit GenerationConfig: a checkpoint's own defaults (top_k=50,
     repetition penalties...) must not change what greedy/sampled means here."""
@@ -102,6 +115,7 @@ def generate_ids(
     batch_size: int = 16,
     seed: int = 0,
     adapter: str = "student",
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[list[list[int]]]:
     """Like `generate` but returns the generated token ids (eos and padding cut)."""
     if n_samples < 0 or batch_size < 1 or max_new_tokens < 1:
@@ -118,9 +132,14 @@ def generate_ids(
     eos = _eos_ids(student)
     out: list[list[list[int]]] = [[] for _ in prompts]
 
+    stopping = _stop_criteria(should_stop)
+
     def run(module, idx: list[int], cfg, n: int) -> list[list[list[int]]]:
         ids, mask = left_pad([encoded[i] for i in idx], tok.pad_token_id, student.device)
-        seqs = module.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
+        seqs = module.generate(input_ids=ids, attention_mask=mask, generation_config=cfg, stopping_criteria=stopping)
+        if should_stop is not None and should_stop():
+            # the batch was cut short: its texts are not answers, and nothing of this call is returned
+            raise GenerationStopped("generation stopped on request")
         new = seqs[:, ids.shape[1] :].tolist()
         return [[_cut_at_eos(new[k * n + j], eos) for j in range(n)] for k in range(len(idx))]
 
@@ -159,10 +178,14 @@ def generate(
     batch_size: int = 16,
     seed: int = 0,
     adapter: str = "student",
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[list[str]]:
     """Answer each prompt: per prompt a list of 1 + n_samples texts, index 0
     greedy, then the sampled ones.  `adapter` is "student", "teacher" or
-    "base" (adapters disabled)."""
+    "base" (adapters disabled).  `should_stop` is polled after every decode
+    step; once it is true the call raises GenerationStopped (within one
+    step, not at the end of a batch: a CPU batch of long answers takes
+    minutes)."""
     ids = generate_ids(
         student,
         prompts,
@@ -173,6 +196,7 @@ def generate(
         batch_size=batch_size,
         seed=seed,
         adapter=adapter,
+        should_stop=should_stop,
     )
     decode = student.tokenizer.decode
     return [[decode(r, skip_special_tokens=True) for r in rows] for rows in ids]

@@ -1,6 +1,7 @@
 """Client of a vLLM OpenAI-compatible server that serves the student's LoRA adapters.
 
-On a GPU the loop generates through vLLM instead of transformers:
+With generation.backend = "vllm" the loop generates through vLLM instead of
+transformers (loop/generation.py drives this client):
 
     VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve <base model> --enable-lora \\
         --max-lora-rank 64 --port 8000
@@ -10,8 +11,8 @@ Each iteration registers its adapter (`POST /v1/load_lora_adapter` with
 visible on the server's filesystem) and generates with ``model=<adapter name>``
 through `/v1/chat/completions` (the server applies the model's chat template).
 Index 0 of each answer list is greedy (temperature 0); the sampled answers come
-from one request with ``n=n_samples``, seeded.  Requests run concurrently (the
-server batches them), in a bounded thread pool.
+from one request with ``n=n_samples`` and ``seed = seed + i`` for prompt i.
+Requests run concurrently (the server batches them), in a bounded thread pool.
 
 HTTP failures become a small hierarchy with messages that say what to fix:
 the runtime-LoRA routes missing (VLLM_ALLOW_RUNTIME_LORA_UPDATING unset), LoRA
@@ -139,11 +140,7 @@ class VLLMClient:
             except httpx.TimeoutException as exc:
                 last = VLLMUnavailable(f"vLLM server at {self.base_url} timed out on {route} ({exc})")
             except httpx.TransportError as exc:
-                last = VLLMUnavailable(
-                    f"no vLLM server answers at {self.base_url} ({exc}); start it with "
-                    "`VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve <model> --enable-lora` "
-                    "or fix generation.vllm_base_url"
-                )
+                last = VLLMUnavailable(f"no vLLM server answers at {self.base_url} ({exc})")
             else:
                 if resp.status_code not in RETRY_STATUS:
                     return resp
@@ -162,7 +159,7 @@ class VLLMClient:
             raise VLLMServerError(f"vLLM server {route}: HTTP {resp.status_code}: {msg}")
         if "lora" in low and ("not enabled" in low or "enable-lora" in low or "enable_lora" in low):
             raise VLLMLoRANotEnabled(
-                f"vLLM server refused {route}: {msg}. Start the server with --enable-lora "
+                f"vLLM server refused {route}: {msg.rstrip('.')}; start it with --enable-lora "
                 "(and --max-lora-rank at least the adapter's rank)"
             )
         if resp.status_code == 404:
@@ -171,14 +168,22 @@ class VLLMClient:
 
     # ---- adapters
 
-    def models(self) -> list[str]:
-        """Names the server serves: the base model and every loaded adapter."""
+    def model_cards(self) -> list[dict]:
+        """The server's model cards: the base model ("root" = its path) and every
+        loaded adapter ("parent" = the base model, "root" = the adapter's path)."""
         resp = self._request("GET", "models")
         self._raise_for(resp, "models")
         try:
-            return [m["id"] for m in resp.json()["data"]]
+            cards = resp.json()["data"]
+            if not all(isinstance(c["id"], str) for c in cards):
+                raise TypeError("a model id is not a string")
+            return cards
         except (ValueError, KeyError, TypeError) as exc:
             raise VLLMBadResponse(f"vLLM server /models answered {resp.text[:200]!r} ({exc})") from None
+
+    def models(self) -> list[str]:
+        """Names the server serves: the base model and every loaded adapter."""
+        return [c["id"] for c in self.model_cards()]
 
     def load_adapter(self, name: str, path: str | Path, *, replace: bool = True) -> None:
         """Register the PEFT adapter directory `path` under `name`.  With
@@ -239,7 +244,11 @@ class VLLMClient:
             raise VLLMBadRequest(f"sampling needs temperature > 0 (got {temperature})")
 
         def answer(i: int) -> list[str]:
-            base = {"model": adapter_name, "messages": prompts[i], "max_tokens": max_new_tokens}
+            # The transformers backend samples from the plain distribution (no top-k,
+            # min-p or repetition penalty); vLLM would otherwise take those from the
+            # model's generation_config.json, which changes even greedy answers.
+            base = {"model": adapter_name, "messages": prompts[i], "max_tokens": max_new_tokens,
+                    "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "skip_special_tokens": True}
             out = self._chat({**base, "n": 1, "temperature": 0.0, "top_p": 1.0})
             if n_samples:
                 out += self._chat(

@@ -169,3 +169,33 @@ def test_name_must_match_file(tmp_path):
 def test_unknown_template_name():
     with pytest.raises(TemplateError, match="no template named 'nope'.*rationale"):
         load_template("nope")
+
+
+def _user_template(user: str):
+    from prompts.template import Template
+
+    return Template.from_text(f"name: t\ndescription: d\nsystem: ''\nuser: |\n  {user}\nvariables: [q]\n", path="t.yaml")
+
+
+@pytest.mark.parametrize("user,message", [
+    # nested loops that print nothing still hit the time limit (the trace sees their lines)
+    ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}{{ q }}", "within 2 s"),
+    ("{% for i in range(99999) %}{{ 'y' * 99999 }}{% endfor %}{{ q }}", "more than 1,000,000 characters"),
+    ("{{ 'x' * 10**9 }}{{ q }}", "would hold 1,000,000,000 items"),
+    ("{{ 2 ** 99999999 }}{{ q }}", "exponent 99999999 is over the limit"),
+])
+def test_render_limits(user, message):
+    import time
+
+    from prompts.template import TemplateError
+
+    t0 = time.monotonic()
+    with pytest.raises(TemplateError, match=message) as e:
+        _user_template(user).render(q="a")
+    assert str(e.value).startswith("t.yaml:")
+    assert time.monotonic() - t0 < 10
+
+
+def test_limits_leave_normal_templates_alone():
+    assert _user_template("{% for i in range(3) %}{{ q }}{% endfor %}").render(q="ab") == [
+        {"role": "user", "content": "ababab"}]

@@ -134,8 +134,9 @@ def test_data_add_gsm8k_and_plain(ws, capsys, tmp_path):
     assert json.loads(out) == {"file": str(f), "split": "pool", "rows": 4, "added": 4, "skipped": 0}
     code, out, _ = run_cli(capsys, "data", "add", str(f))
     assert code == 0 and "0 added" in out and "4 already present" in out
-    code, out, _ = run_cli(capsys, "data", "add", str(f), "--split", "dev", "--json")
-    assert json.loads(out)["added"] == 0  # same content ids: nothing added twice
+    code, out, err = run_cli(capsys, "data", "add", str(f), "--split", "dev", "--json")
+    # pool questions again as dev: an error, not "already present" (dev would score what was trained on)
+    assert code == 2 and "already in the pool split" in err and f"{f}:1" in err
     with Store.open(ws) as st:
         ex = {e["question"][:3]: e for e in st.list_examples("pool")}
         assert ex["Nat"]["answer"] == "72"

@@ -29,6 +29,7 @@ EXPECTED = {
         "run_id", "k", "rationale_id", "accepted", "agreement", "rejected_reason", "verify_call", "created",
     },
     "dataset_entries": {"run_id", "k", "example_id", "rationale_id", "weight"},
+    "example_removals": {"example_id", "reason", "created"},
     "events": {"id", "run_id", "k", "step", "kind", "message", "data", "created"},
     "_migrations": {"name", "applied"},
 }
@@ -74,8 +75,9 @@ def test_failing_migration_on_blank_file_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS + [("m999_bad", _bad)])
     with pytest.raises(sqlite3.OperationalError):
         Store.open(tmp_path / "d.db")
-    conn = sqlite3.connect(tmp_path / "d.db")
-    assert tables(conn) == set()  # not even m001 or the bookkeeping table
+    # not even m001 or the bookkeeping table: the file it made is removed, since
+    # a blank file left behind would be refused as an emptied database next time
+    assert not (tmp_path / "d.db").exists()
 
 
 def test_failing_migration_keeps_previous_schema(tmp_path, monkeypatch):

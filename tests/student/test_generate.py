@@ -105,3 +105,22 @@ def test_bench_generation_reports_both_rates(tiny_student):
     r = bench_generation(tiny_student, PROMPTS[:4], max_new_tokens=4, batch_size=4)
     assert r["sequential_tokens"] == r["batched_tokens"] == 16
     assert r["speedup"] == pytest.approx(r["batched_tokens_per_s"] / r["sequential_tokens_per_s"])
+
+
+def test_should_stop_ends_generation_within_a_decode_step(tiny_student):
+    from student.errors import GenerationStopped
+
+    _opinionated(tiny_student)
+    polls = []
+
+    def should_stop() -> bool:
+        polls.append(1)
+        return len(polls) > 3  # a stop request arrives after 3 decode steps
+
+    prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(3)]
+    with pytest.raises(GenerationStopped):
+        generate(tiny_student, prompts, max_new_tokens=200, batch_size=8, should_stop=should_stop)
+    assert len(polls) <= 6  # not 200 decode steps: it stopped at the next one
+    # without a request nothing changes
+    assert generate(tiny_student, prompts, max_new_tokens=5, should_stop=lambda: False) == \
+        generate(tiny_student, prompts, max_new_tokens=5)
