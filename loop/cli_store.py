@@ -387,14 +387,14 @@ def register(app: typer.Typer) -> None:
         """Export the training set of an iteration."""
         if fmt not in ("jsonl", "openai"):
             raise UserError(f"unknown --format {fmt!r}; use --format jsonl or --format openai")
+        if output is None and as_json:  # stdout is the data itself; --json describes a written file
+            raise UserError("export --json describes the file it writes; add -o FILE (without -o the rows "
+                            "go to stdout as JSON lines, and --json is not needed)")
         with _store(workspace) as st, st.snapshot():
             run, k = parse_ref(st, ref)
             lines = list(export_lines(st, run["id"], k, fmt, system))
         body = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
         if output is None:
-            if as_json:  # stdout is the data itself; --json describes a written file
-                raise UserError("export --json describes the file it writes; add -o FILE (without -o the rows "
-                                "go to stdout as JSON lines, and --json is not needed)")
             sys.stdout.write(body)
             return
         tmp = output.with_name(output.name + ".tmp")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
+from teachers.config import redact
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\[\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_\-.]+)\s*=""")
@@ -185,12 +186,14 @@ def validation_message(path: Path, text: str, model: type[BaseModel], err: Valid
             msg = f"{where}: missing required key '{key}'; add it" + (
                 f" ({allowed(field)})" if field is not None else ""
             )
+        elif e["type"] == "credential_in_config":  # the value is a key: never echoed
+            msg = f"{where}: {key}: {e['msg']}"
         else:
             got = e.get("input")
             what = e["msg"]
             if e["type"] in ("literal_error",):
                 what = "not an allowed value"
-            shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+            shown = repr(redact(got)) if not isinstance(got, (dict, list)) else type(got).__name__
             msg = f"{where}: {key} = {shown}: {what}"
             if field is not None:
                 msg += f"; allowed: {allowed(field)}"

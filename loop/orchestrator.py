@@ -27,6 +27,8 @@ from typing import Any, Callable
 
 from rich.console import Console
 
+from teachers import redact
+
 from . import steps as S
 from .config import Config
 from .errors import RunFailure, UserError
@@ -394,7 +396,7 @@ class Orchestrator:
             from .task import ensure_task
 
             ensure_task(self.store, self.cfg.task)
-            self.run_id = self.store.create_run(self.run_name, self.cfg.model_dump(mode="json"))
+            self.run_id = self.store.create_run(self.run_name, redact(self.cfg.model_dump(mode="json")))
             self.store.log_event(self.run_id, None, None, "created", f"run {self.run_name!r} created")
             run = self.store.get_run(self.run_id)
         else:
@@ -411,7 +413,7 @@ class Orchestrator:
     def _config_hash(self) -> str:
         from store.util import dumps, sha256_text
 
-        return sha256_text(dumps(self.cfg.model_dump(mode="json")) or "{}")
+        return sha256_text(dumps(redact(self.cfg.model_dump(mode="json"))) or "{}")
 
     def first_k(self) -> int:
         return (self.run["parent_k"] + 1) if self.run.get("parent_run") is not None else 0
@@ -592,12 +594,14 @@ class Orchestrator:
             "best_k": best_k, "best_dev_acc": best_acc,
             "fixed": ev.get("fixed", []), "broken": ev.get("broken", []),
             "budget_hit": teach.get("budget_hit") or verify.get("budget_hit"),
+            "budget_needed": max((n for n in (teach.get("budget_needed"), verify.get("budget_needed")) if n is not None),
+                                 default=None),
             "times": times, "templates": teach.get("templates", {}),
         }
 
     def stop_reason(self, k: int, metrics: dict) -> str | None:
         lp = self.cfg.loop
-        if metrics.get("budget_hit") or (lp.budget_usd is not None and self.store.spend(self.run_id) >= lp.budget_usd):
+        if self._budget_stop(metrics):
             return "budget"
         errs = metrics.get("pool_errors") if lp.eval_pool else None
         if errs == 0 and metrics.get("dev_acc") is not None:
@@ -611,6 +615,21 @@ class Orchestrator:
             if max(a for _, a in hist[-lp.patience:]) <= best_before:
                 return "patience"
         return None
+
+    def _budget_stop(self, metrics: dict) -> bool:
+        """Spent, or a call was refused and the cap still could not fit it: a
+        budget stop holds while loop.budget_usd stays below what the refused
+        call needed (settled spend + its estimate), so raising it (or removing
+        it) lets the next `distillery run` go on."""
+        lp = self.cfg.loop
+        if lp.budget_usd is not None and self.store.spend(self.run_id) >= lp.budget_usd:
+            return True
+        if not metrics.get("budget_hit"):
+            return False
+        needed = metrics.get("budget_needed")
+        if needed is None:  # an iteration committed before budget_needed was recorded
+            return True
+        return lp.budget_usd is not None and lp.budget_usd < needed
 
     # ------------------------------------------------------------------ --follow
     def _watch_state(self) -> tuple:

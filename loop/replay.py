@@ -18,6 +18,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from teachers import redact
+
 from .config import Config
 from .errors import ConfigError, UserError
 
@@ -118,6 +120,6 @@ def create_replay(store, default_run: str, target: str, sets: list[str], name: s
     elif store.find_run(name) is not None:
         raise UserError(f"a run named {name!r} already exists; choose another --name")
     cfg = cfg.model_copy(update={"run_name": name})
-    new_id = store.branch_run(run["id"], k, name, cfg.model_dump(mode="json"))
+    new_id = store.branch_run(run["id"], k, name, redact(cfg.model_dump(mode="json")))
     store.log_event(new_id, k, None, "replay", f"replay of {run['name']}:{k}", {"sets": sets, "parent": run["name"]})
     return store.get_run(new_id), cfg

@@ -28,6 +28,8 @@ from .generation import generate
 from .trainset import build_train_examples
 
 if TYPE_CHECKING:  # pragma: no cover
+    from teachers.errors import BudgetExceeded
+
     from .orchestrator import Orchestrator
 
 NO_PREVIOUS = "(none: the student has not studied a solution for this question yet)"
@@ -219,7 +221,7 @@ def teach(o: "Orchestrator", k: int) -> dict:
             rows.append({"id": rid, "example_id": r["example_id"], "teacher": r["teacher"],
                          "parent_id": r["parent_id"], "error_prediction": r["error_prediction"]})
 
-    info = dict(stats, rationales=rows, refinements=len(jobs) if k > 0 else 0, budget_hit=budget_hit,
+    info = dict(stats, rationales=rows, refinements=len(jobs) if k > 0 else 0, **_budget_info(budget_hit),
                 templates=pv, self_prompts_shortened=fit["shortened"], self_prompts_dropped=fit["dropped"])
     o.commit_step(k, "teach", info, write)
     return info
@@ -313,11 +315,12 @@ def _record_self_calls(o, k, t, model, params, produced) -> None:
                      status="ok", text=r["text"], attempts=1, cost_usd=0.0, run_id=o.run_id, k=k)
 
 
-def _run_pool(o: "Orchestrator", k: int, step: str, who: str, reqs: list) -> tuple[list, str | None]:
-    """Send `reqs` through the TeacherPool: (results in request order, budget
-    message or None).  A budget stop keeps what succeeded (the run ends after
-    this iteration); auth/validation errors are the user's to fix (exit 2),
-    other fatal teacher errors a run failure (exit 1)."""
+def _run_pool(o: "Orchestrator", k: int, step: str, who: str, reqs: list) -> tuple[list, "BudgetExceeded | None"]:
+    """Send `reqs` through the TeacherPool: (results in request order, the
+    BudgetExceeded that stopped it or None).  A budget stop keeps what
+    succeeded (the run ends after this iteration); auth/validation errors are
+    the user's to fix (exit 2), other fatal teacher errors (TeacherCallsFailed
+    included: not one call of a teacher succeeded) a run failure (exit 1)."""
     from teachers.errors import BudgetExceeded, TeacherAuthError, TeacherBadRequest, TeacherError
 
     o.check_stop()
@@ -325,11 +328,16 @@ def _run_pool(o: "Orchestrator", k: int, step: str, who: str, reqs: list) -> tup
     budget_hit = None
     try:
         with o.timed("teacher"):
-            results = o.teacher_pool.run_sync(reqs)
+            # a stop request cancels what is still waiting; what finished is cached, so the resumed step keeps it
+            results = o.teacher_pool.run_sync(reqs, should_stop=o.stop_requested,
+                                              on_progress=lambda done, total: o.progress(step, done, total))
+        o.check_stop()
     except BudgetExceeded as e:
         results = getattr(e, "results", [])
-        budget_hit = str(e)
-        o.store.log_event(o.run_id, k, step, "budget", str(e))
+        budget_hit = e
+        o.store.log_event(o.run_id, k, step, "budget", str(e),
+                          {"settled_usd": e.spent_usd, "in_flight_usd": e.reserved_usd,
+                           "estimate_usd": e.estimate_usd, "cap_usd": e.budget_usd})
     except (TeacherAuthError, TeacherBadRequest) as e:
         raise UserError(f"{who}: {e}") from None
     except TeacherError as e:
@@ -337,7 +345,14 @@ def _run_pool(o: "Orchestrator", k: int, step: str, who: str, reqs: list) -> tup
     return results, budget_hit
 
 
-def _api_teach(o: "Orchestrator", k: int, t, jobs: list[dict], stats: dict) -> tuple[list[dict], str | None]:
+def _budget_info(e: "BudgetExceeded | None") -> dict:
+    """A budget stop as the step records it: the message, and the cap the
+    refused call needed (Orchestrator.stop_reason lets a run go on once
+    loop.budget_usd is raised to it)."""
+    return {"budget_hit": str(e) if e else None, "budget_needed": e.needed_usd if e else None}
+
+
+def _api_teach(o: "Orchestrator", k: int, t, jobs: list[dict], stats: dict) -> tuple[list[dict], "BudgetExceeded | None"]:
     """One LiteLLM teacher through the TeacherPool: `t.samples` requests per job.
     Failed requests are counted (and retried next run through the cache);
     a budget stop keeps what succeeded and ends the run after this iteration."""
@@ -443,7 +458,7 @@ def verify_step(o: "Orchestrator", k: int) -> dict:
         counts[reason] = counts.get(reason, 0) + 1
     info = {"checked": len(ids), "passed_ids": passed, "passed": len(passed), "rejected": dict(sorted(counts.items())),
             "structural": vc.structural, "judge": judge if vc.teacher else None, "judge_reasons": judge_reasons,
-            "budget_hit": budget_hit}
+            **_budget_info(budget_hit)}
     o.commit_step(k, "verify", info, write)
     return info
 
@@ -488,7 +503,7 @@ def agree_step(o: "Orchestrator", k: int) -> dict:
     or, without gold, the teachers' majority; store the agreement fraction
     per rationale and the reason of each rejection (`wrong_answer`,
     `no_majority`)."""
-    from teachers.agreement import agree
+    from teachers.agreement import agree_rationales
 
     verified = o.step_info(k, "verify")
     if "passed_ids" in verified:
@@ -496,17 +511,20 @@ def agree_step(o: "Orchestrator", k: int) -> dict:
     else:  # an iteration begun before the verify step existed
         ids = [r["id"] for r in o.step_info(k, "teach").get("rationales", [])]
     rats = o.store.get_rationales(ids)
-    by_ex: dict[str, list[dict]] = defaultdict(list)
-    for rid in dict.fromkeys(ids):  # unique, in teach order
-        if rid in rats:
-            by_ex[rats[rid]["example_id"]].append(rats[rid])
+    # one vote per teacher (teachers.agreement): teach recorded every (rationale, teacher)
+    # it produced, so a text two teachers wrote is one id but two votes
+    passed = set(ids)
+    by_ex: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
+    for r in o.step_info(k, "teach").get("rationales", []):
+        if r["id"] in passed and r["id"] in rats:
+            by_ex[r["example_id"]].append((r["id"], r.get("teacher") or rats[r["id"]]["source"], rats[r["id"]]["answer"]))
     golds = {e["id"]: e.get("answer") for e in o.store.list_examples("pool", state="all")}
     decisions: list[tuple[str, bool, float, str | None]] = []
-    for eid, rs in by_ex.items():
+    for eid, produced in by_ex.items():
         gold = golds.get(eid)
-        flags, frac = agree([r["answer"] for r in rs], gold, o.fmt)
+        verdict, frac = agree_rationales(produced, gold, o.fmt)
         why = "wrong_answer" if gold is not None else "no_majority"
-        decisions += [(r["id"], bool(f), frac, None if f else why) for r, f in zip(rs, flags)]
+        decisions += [(rid, ok, frac, None if ok else why) for rid, ok in verdict.items()]
 
     def write() -> None:
         for rid, flag, frac, why in decisions:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Strict(BaseModel):
@@ -96,3 +98,12 @@ class GenerationConfig(_Strict):
     temperature: float = Field(0.8, ge=0)  # for sampled answers; greedy sample 0 ignores it
     top_p: float = Field(1.0, gt=0, le=1)
     n_samples: int = Field(0, ge=0)  # sampled answers per question besides the greedy one
+
+    @field_validator("vllm_base_url")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        # the config is stored with every run: a key belongs in the environment
+        if v is not None and (urlsplit(v).username or urlsplit(v).password):
+            raise ValueError("vllm_base_url contains a user name or password; put the server's key in an "
+                             "environment variable and name it with vllm_api_key_env")
+        return v

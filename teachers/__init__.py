@@ -9,21 +9,23 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from .budget import Budget  # noqa: E402
 from .client import CallResult, TeacherClient  # noqa: E402
-from .config import TeacherConfig  # noqa: E402
+from .config import TeacherConfig, redact  # noqa: E402
 from .errors import (  # noqa: E402
     BudgetExceeded,
     TeacherAuthError,
     TeacherBadRequest,
     TeacherBadResponse,
+    TeacherCallsFailed,
     TeacherError,
     TeacherRateLimited,
     TeacherTimeout,
     TeacherUnavailable,
+    TeacherUnexpectedError,
 )
 from .pool import TeacherPool, TeacherRequest  # noqa: E402
 
 __all__ = [
     "Budget", "BudgetExceeded", "CallResult", "TeacherAuthError", "TeacherBadRequest", "TeacherBadResponse",
-    "TeacherClient", "TeacherConfig", "TeacherError", "TeacherPool", "TeacherRateLimited", "TeacherRequest",
-    "TeacherTimeout", "TeacherUnavailable",
+    "TeacherCallsFailed", "TeacherClient", "TeacherConfig", "TeacherError", "TeacherPool", "TeacherRateLimited",
+    "TeacherRequest", "TeacherTimeout", "TeacherUnavailable", "TeacherUnexpectedError", "redact",
 ]

@@ -5,15 +5,21 @@ unknown models), otherwise LiteLLM's price table (`litellm.completion_cost`,
 bundled copy: LITELLM_LOCAL_MODEL_COST_MAP).  A model with neither is free
 (a local server): cost 0, and the budget never stops it.
 
-Budget: before a call, `reserve(estimate)` sets aside the worst case of that
-call (prompt tokens + max_tokens at the model's prices).  A reservation that
-would take spent + reserved past `budget_usd` raises BudgetExceeded, so
-concurrent calls cannot overshoot together.  After the call `settle` replaces
-the reservation by the actual cost (0 for a failed call).
+Budget: a call reserves its worst case (prompt tokens + max_tokens at the
+model's prices) when it starts, and `settle` replaces the reservation by the
+actual cost when it ends (0 for a failed call).  The cap is never passed:
+settled + in flight + this estimate must fit.  When it does not fit only
+because of calls in flight, `acquire` waits for them to settle instead of
+refusing: a reservation is a worst case, and actual costs are usually far
+below it (a 0.003 cap with 0.0012 reservations would otherwise stop after two
+concurrent calls that cost almost nothing).  A call is refused
+(BudgetExceeded) only when settled spend + its estimate passes the cap: spend
+only grows, so it could never fit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -79,32 +85,69 @@ class Reservation:
 
 
 class Budget:
-    """A hard cap in USD shared by every teacher of a run (thread-safe)."""
+    """A hard cap in USD shared by every teacher of a run (thread-safe; callers
+    may wait on it from any event loop)."""
 
     def __init__(self, budget_usd: float | None, spent_usd: float = 0.0) -> None:
         self.budget_usd = budget_usd
-        self.spent_usd = float(spent_usd)
-        self.reserved_usd = 0.0
+        self.spent_usd = float(spent_usd)  # settled: the actual cost of finished calls
+        self.reserved_usd = 0.0  # in flight: the worst cases of calls not settled yet
         self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
 
-    @property
-    def remaining_usd(self) -> float | None:
-        if self.budget_usd is None:
-            return None
-        return self.budget_usd - self.spent_usd - self.reserved_usd
+    def _over(self, amount: float) -> bool:
+        assert self.budget_usd is not None
+        return amount > self.budget_usd * (1 + _EPS) + _EPS
+
+    def _fits(self, estimate: float, teacher: str | None) -> bool:
+        """Under the lock: True when the call fits now, False when it fits once
+        calls in flight settle; BudgetExceeded when it never can."""
+        if self.budget_usd is None or estimate <= 0:
+            return True
+        if self._over(self.spent_usd + estimate):
+            raise self._exceeded(estimate, teacher)
+        return not self._over(self.spent_usd + self.reserved_usd + estimate)
+
+    def _exceeded(self, estimate: float, teacher: str | None) -> BudgetExceeded:
+        total = self.spent_usd + self.reserved_usd + estimate
+        return BudgetExceeded(
+            f"budget_usd {self.budget_usd:g} reached: settled ${self.spent_usd:.6f} + in flight"
+            f" ${self.reserved_usd:.6f} + this call's estimate ${estimate:.6f} (prompt + max_tokens at the"
+            f" teacher's prices) = ${total:.6f} > cap ${self.budget_usd:g}; raise loop.budget_usd in"
+            " distillery.toml and run `distillery run` again to continue (answers already paid for are cached)",
+            teacher=teacher, spent_usd=self.spent_usd, reserved_usd=self.reserved_usd, estimate_usd=estimate,
+            budget_usd=self.budget_usd or 0.0,
+        )
+
+    def _take(self, estimate: float) -> Reservation:
+        self.reserved_usd += estimate
+        return Reservation(estimate)
 
     def reserve(self, estimate: float, *, teacher: str | None = None) -> Reservation:
+        """Reserve now or raise BudgetExceeded (synchronous code cannot wait for
+        calls in flight, so what does not fit now is refused)."""
         with self._lock:
-            if self.budget_usd is not None and estimate > 0:
-                if self.spent_usd + self.reserved_usd + estimate > self.budget_usd * (1 + _EPS) + _EPS:
-                    raise BudgetExceeded(
-                        f"budget_usd {self.budget_usd:g} reached: spent ${self.spent_usd:.6f}"
-                        f" (+${self.reserved_usd:.6f} in flight), the next call may cost up to ${estimate:.6f};"
-                        " raise loop.budget_usd in distillery.toml to continue",
-                        teacher=teacher, spent_usd=self.spent_usd, budget_usd=self.budget_usd,
-                    )
-            self.reserved_usd += estimate
-            return Reservation(estimate)
+            if not self._fits(estimate, teacher):
+                raise self._exceeded(estimate, teacher)
+            return self._take(estimate)
+
+    async def acquire(self, estimate: float, *, teacher: str | None = None) -> Reservation:
+        """Reserve `estimate`, waiting while only calls in flight keep it from
+        fitting; BudgetExceeded when settled spend alone leaves no room."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                if self._fits(estimate, teacher):
+                    return self._take(estimate)
+                # something is in flight (else it would fit or have raised), so a settle will wake us
+                waiter = (loop, loop.create_future())
+                self._waiters.append(waiter)
+            try:
+                await waiter[1]
+            finally:
+                with self._lock:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
 
     def settle(self, r: Reservation, actual: float) -> None:
         with self._lock:
@@ -113,3 +156,14 @@ class Budget:
             r.settled = True
             self.reserved_usd = max(0.0, self.reserved_usd - r.amount)
             self.spent_usd += actual
+            waiters, self._waiters = self._waiters, []
+        for loop, fut in waiters:  # each re-checks: the room may now be enough for some
+            try:
+                loop.call_soon_threadsafe(_wake, fut)
+            except RuntimeError:  # its loop is closed: nobody is waiting there any more
+                pass
+
+
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -4,7 +4,9 @@ Key (DESIGN §4) = sha256 over the model string, the resolved messages, every
 generation parameter, the template name and version hash, and the sample
 index.  The api_base and the API key are deliberately *not* in the key: the
 same model behind another port (or another key) gives the same answer, and a
-key must never be hashed into anything we store.
+key must never be hashed into anything we store.  Every row written goes
+through `redact` (request and error): whatever a setting smuggled in, no
+credential reaches the table.
 
 A success is written once and never overwritten (`INSERT ... ON CONFLICT ...
 WHERE status != 'ok'`), so a cached answer is never requested or paid again;
@@ -19,6 +21,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+
+from .config import redact
 
 
 def canonical_json(doc: Any) -> str:
@@ -73,10 +77,12 @@ def record(store: Any, key: str, *, teacher: str, model: str, template: str | No
            error_type: str | None = None, error: str | None = None, attempts: int = 1,
            latency_s: float | None = None, prompt_tokens: int | None = None,
            completion_tokens: int | None = None, cost_usd: float = 0.0,
-           run_id: int | None = None, k: int | None = None) -> None:
+           run_id: int | None = None, k: int | None = None, secrets: tuple[str, ...] = ()) -> None:
     """Upsert one call's outcome in one transaction.  A stored success is kept
-    as is; attempts accumulate across runs so flaky teachers are visible."""
+    as is; attempts accumulate across runs so flaky teachers are visible.
+    `secrets` (the key the call used) are masked wherever they appear."""
     now = _now()
+    request, error = redact(request, secrets), redact(error, secrets)
     with store.transaction() as conn:
         text_hash = store.put_text(text) if text is not None else None
         conn.execute(

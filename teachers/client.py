@@ -2,13 +2,15 @@
 
 `complete()` does, in order: compute the cache key (teachers/cache.py) and
 return a cached success without any request; reserve the worst-case cost in
-the shared Budget (BudgetExceeded before the call, never after); then, inside
+the shared Budget (waiting for calls in flight to settle when only they keep
+it from fitting; BudgetExceeded before the call, never after); then, inside
 the teacher's rate limits and concurrency cap, call LiteLLM with tenacity
 retries (jittered exponential backoff, Retry-After honoured) on transient
 errors.  The outcome is written to the cache in one transaction: a success
 once and for all, a failure as `status='error'` to be retried next time.
 Auth and validation errors are raised (after being recorded) because every
-other call of that teacher would fail the same way.
+other call of that teacher would fail the same way.  What is recorded is
+redacted (teachers.config.redact), the key read from api_key_env included.
 
 LiteLLM's own retries are turned off (`max_retries=0`, `num_retries=0`) so
 that every HTTP attempt is one of ours: counted, backed off, and bounded.
@@ -23,13 +25,12 @@ import os
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from . import cache
 from .budget import Budget, call_cost, estimate_cost, estimate_prompt_tokens, prices
-from .config import TeacherConfig
+from .config import TeacherConfig, redact
 from .errors import FATAL, RETRYABLE, TeacherAuthError, TeacherBadRequest, TeacherBadResponse, TeacherError, translate
 from .limits import RateLimiter
 
@@ -63,19 +64,6 @@ def _import_litellm():
     # worker) as warnings; we record failures ourselves, with the teacher's name.
     logging.getLogger("LiteLLM").setLevel(logging.ERROR)
     return litellm
-
-
-def safe_api_base(api_base: str | None) -> str | None:
-    """api_base without user:password@ so credentials in a URL are never stored."""
-    if not api_base:
-        return api_base
-    parts = urlsplit(api_base)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        parts = parts._replace(netloc=host)
-    return urlunsplit(parts)
 
 
 def litellm_pricing(cfg: TeacherConfig, p: tuple[float, float] | None) -> dict[str, Any]:
@@ -123,6 +111,11 @@ class TeacherClient:
             p["top_p"] = self.cfg.top_p
         p.update(self.cfg.extra)
         return p
+
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never be stored: the key in the api_key_env variable."""
+        val = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
+        return (val,) if val else ()
 
     def api_key(self) -> str | None:
         """The key from the environment (never stored).  None lets LiteLLM use the
@@ -190,20 +183,21 @@ class TeacherClient:
         if hit is not None and hit.status == "ok":
             return CallResult(key, hit.text, "ok", None, hit.cost_usd, True, cfg.name, None, 0, tag)
 
-        request = {"model": cfg.model, "api_base": safe_api_base(cfg.api_base), "messages": messages,
+        request = {"model": cfg.model, "api_base": cfg.api_base, "messages": messages,
                    "params": params, "template": template_name, "prompt_version": prompt_version,
                    "sample_index": sample_index}
         record = dict(teacher=cfg.name, model=cfg.model, template=template_name, prompt_version=prompt_version,
-                      request=request, run_id=run_id, k=k)
+                      request=request, run_id=run_id, k=k, secrets=self.secrets())
         try:
             api_key = self.api_key()
         except TeacherAuthError as e:
             cache.record(self.store, key, status="error", error_type=type(e).__name__, error=str(e), attempts=0, **record)
             raise
         est_tokens = estimate_prompt_tokens(messages) + cfg.max_tokens
-        reservation = self.budget.reserve(estimate_cost(cfg, messages, self._prices), teacher=cfg.name)
-        attempts = 0
         litellm = _import_litellm()
+        attempts = 0
+        # settled on every path below: a reservation left behind would keep waiters waiting
+        reservation = await self.budget.acquire(estimate_cost(cfg, messages, self._prices), teacher=cfg.name)
         try:
             async def attempt() -> tuple[Any, str, float]:
                 nonlocal attempts
@@ -221,7 +215,7 @@ class TeacherClient:
                             # a key the teacher's `extra` also sets is the teacher's
                             **{**litellm_pricing(cfg, self._prices), **params})
                     except Exception as e:  # the boundary: LiteLLM/OpenAI/httpx errors become ours
-                        raise translate(e, teacher=cfg.name, model=cfg.model, api_base=safe_api_base(cfg.api_base),
+                        raise translate(e, teacher=cfg.name, model=cfg.model, api_base=redact(cfg.api_base),
                                         api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s) from None
                     latency = time.perf_counter() - t0
                     self.limiter.observe_latency(latency)

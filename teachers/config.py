@@ -1,10 +1,157 @@
-"""Settings of one teacher: a LiteLLM model string plus options and limits."""
+"""Settings of one teacher: a LiteLLM model string plus options and limits.
+
+Credentials come only from the environment (`api_key_env` names the
+variable).  Anything in the settings that looks like a credential is refused
+here, because the settings are stored (runs.config_json, teacher_calls.request)
+and printed: a user name or password in a URL, a key-like entry in `extra`
+(api_key, token, secret, password, authorization, ...), a header carrying one
+(by its name, or a "Bearer ..." value under any name).
+`redact` masks the same things in any JSON-able structure, for whatever is
+stored or shown anyway (defence in depth: a value that got past validation,
+a setting of another component, an error message).
+"""
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+MASK = "[redacted]"
+
+# Words that make a setting's name a credential.  Matched as whole words of the
+# name (split at '-', '_', '.' and camelCase), so max_tokens or top_k are not.
+_CREDENTIAL_WORDS = frozenset({
+    "key", "apikey", "token", "secret", "password", "passwd", "pwd", "authorization", "auth",
+    "credential", "credentials", "bearer", "cookie", "signature",
+})
+# Keys of `extra` that the client sets itself: passing them again is a
+# TypeError at the call (two values for one argument) or silently changes what
+# the client relies on (stream: the response is no longer one message; n: the
+# client reads one choice but pays for n).
+_CLIENT_OWNED = {
+    "model": "set the teacher's model", "messages": "the prompt comes from the templates (prompts/)",
+    "api_base": "set the teacher's api_base", "base_url": "set the teacher's api_base",
+    "timeout": "set timeout_s", "max_retries": "set max_retries", "num_retries": "set max_retries",
+    "stream": "remove it: the client needs whole responses", "n": "set samples (one cached request per sample)",
+}
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@?#]*@")
+_QUERY_PARAM = re.compile(r"([?&])([^=&#\s]+)=([^&#\s]*)")
+# An Authorization-style value under whatever name: "Bearer sk-...", "Basic dXNlcjpwdw==".  The
+# credential must hold a digit or '=' so that prose ("basic arithmetic") is left alone.
+_AUTH_VALUE = re.compile(r"(?i)\b(bearer|basic)\s+(?=[A-Za-z._~+/\-]*[0-9=])[A-Za-z0-9._~+/=\-]{8,}")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+FIX = 'use api_key_env: export the key in an environment variable and name it there (api_key_env = "OPENAI_API_KEY")'
+
+
+def _words(name: str) -> list[str]:
+    return [w for w in re.split(r"[^a-z0-9]+", _CAMEL.sub("_", name).lower()) if w]
+
+
+def is_credential_key(name: str) -> bool:
+    """Whether a setting or header named `name` holds a credential.  A name
+    ending in "env" (api_key_env, vllm_api_key_env) names an environment
+    variable, which is what we want users to write."""
+    words = _words(str(name))
+    if not words or words[-1] == "env":
+        return False
+    return any(w in _CREDENTIAL_WORDS for w in words)
+
+
+def _credential_in_url(url: str) -> str | None:
+    """What in `url` is a credential ("user:password@", "query parameter 'key'"), or None."""
+    if _USERINFO.search(url):
+        return "a user name or password ('user:password@')"
+    for _, name, _ in _QUERY_PARAM.findall(url):
+        if is_credential_key(name):
+            return f"the query parameter {name!r}"
+    return None
+
+
+def _redact_text(text: str, secrets: tuple[str, ...]) -> str:
+    for s in secrets:
+        text = text.replace(s, MASK)
+    text = _USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
+    text = _AUTH_VALUE.sub(lambda m: f"{m.group(1)} {MASK}", text)
+    return _QUERY_PARAM.sub(
+        lambda m: f"{m.group(1)}{m.group(2)}={MASK}" if is_credential_key(m.group(2)) else m.group(0), text)
+
+
+# Shorter values are not real keys, and masking them would mangle ordinary text.
+_MIN_SECRET = 8
+
+
+def _named_env_values(obj: Any) -> list[str]:
+    """The values of the environment variables that settings ending in "env"
+    name (api_key_env = "OPENAI_API_KEY" -> the key itself)."""
+    out: list[str] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, str) and _words(str(k))[-1:] == ["env"] and os.environ.get(v):
+                out.append(os.environ[v])
+            else:
+                out += _named_env_values(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            out += _named_env_values(v)
+    return out
+
+
+def redact(obj: Any, secrets: tuple[str, ...] | list[str] = ()) -> Any:
+    """A copy of a JSON-able structure with credentials masked: the value of
+    every credential-named key (at any depth: headers included); inside any
+    string, user names/passwords and credential query parameters of URLs and
+    "Bearer/Basic <credential>"; and every occurrence of a known
+    secret, wherever it hides (a header with a harmless name, a note): the
+    given `secrets` and the values of the environment variables the structure
+    names (api_key_env and the like).  Everything else is returned unchanged,
+    so a config that passed validation and holds no key is its own redaction."""
+    # longest first: a key that contains another is masked whole
+    found = tuple(sorted({s for s in (*secrets, *_named_env_values(obj)) if s and len(s) >= _MIN_SECRET},
+                         key=len, reverse=True))
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: MASK if is_credential_key(k) and v not in (None, "") and not isinstance(v, bool) else walk(v)
+                    for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v) for v in x]
+        if isinstance(x, str):
+            return _redact_text(x, found)
+        return x
+
+    return walk(obj)
+
+
+def _refuse(what: str, fix: str = FIX) -> PydanticCustomError:
+    # A distinct error type, so the loop's config messages can leave the value
+    # (a key) out of what they print.
+    return PydanticCustomError("credential_in_config", "{what}, and distillery.toml is stored with each run; {fix}",
+                               {"what": what, "fix": fix})
+
+
+def _check_extra(value: Any, path: str) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            where = f"{path}.{k}"
+            if is_credential_key(str(k)):
+                raise _refuse(f"{where} looks like a credential")
+            _check_extra(v, where)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_extra(v, f"{path}[{i}]")
+    elif isinstance(value, str):
+        what = _credential_in_url(value)
+        if what:
+            raise _refuse(f"{path} holds a URL with {what}")
+        auth = _AUTH_VALUE.search(value)
+        if auth:
+            raise _refuse(f"{path} holds a credential ('{auth.group(1)} ...')")
 
 
 class TeacherConfig(BaseModel):
@@ -42,6 +189,33 @@ class TeacherConfig(BaseModel):
     def _name_ok(cls, v: str) -> str:
         if not v or not all(c.isalnum() or c in "-_." for c in v):
             raise ValueError("use letters, digits, '-', '_' or '.'")
+        return v
+
+    @field_validator("api_base")
+    @classmethod
+    def _api_base_has_no_credentials(cls, v: str | None) -> str | None:
+        what = _credential_in_url(v) if v else None
+        if what:
+            raise _refuse(f"api_base contains {what}", f"remove it from the URL and {FIX}")
+        return v
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _api_key_env_is_a_name(cls, v: str | None) -> str | None:
+        # the usual slip is pasting the key itself here
+        if v is not None and not _ENV_NAME.match(v):
+            raise _refuse("api_key_env is not an environment variable name (letters, digits, '_')",
+                          'write the name of the variable that holds the key (e.g. api_key_env = "OPENAI_API_KEY") '
+                          "and export the key in it")
+        return v
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_is_passable(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for k in v:
+            if k in _CLIENT_OWNED:
+                raise ValueError(f"extra.{k} is set by the client itself; {_CLIENT_OWNED[k]}")
+        _check_extra(v, "extra")
         return v
 
     @property

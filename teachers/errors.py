@@ -3,22 +3,31 @@ are translated into it (`translate`).
 
     TeacherError
     ├── TeacherAuthError      401/403, missing key: stops the run; message says which env var to set
-    ├── TeacherBadRequest     400/404/422, unknown model, context too long: stops the run
+    ├── TeacherBadRequest     400/404/422, unknown model, context too long, arguments that
+    │                         cannot be passed (a TypeError from `extra`): stops the run
     ├── TeacherRateLimited    429 (retried; carries retry_after seconds when the server sent one)
     ├── TeacherUnavailable    5xx, connection refused/reset (retried)
     ├── TeacherTimeout        no answer within timeout_s (retried)
     ├── TeacherBadResponse    200 with an unusable body: not JSON, empty content (retried)
-    └── BudgetExceeded        the next call would cross budget_usd: stops the run
+    ├── TeacherUnexpectedError an exception not known to be transient: the call fails, not retried
+    ├── TeacherCallsFailed    every call of a teacher in a batch failed: stops the step
+    └── BudgetExceeded        the next call can never fit in budget_usd: stops the run
 
-`RETRYABLE` lists the transient kinds.  Every error names the teacher.
+Only the kinds in `RETRYABLE` are retried: an error we cannot tell to be
+transient is not (retrying a TypeError six times only hides it).  The kinds
+in `FATAL` stop a batch, because every other call would fail the same way.
+Every error names the teacher.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 from typing import Any
+
+from .config import MASK, redact
 
 
 class TeacherError(Exception):
@@ -58,15 +67,40 @@ class TeacherBadResponse(TeacherError):
     pass
 
 
-class BudgetExceeded(TeacherError):
-    """Raised before a call that would cross the budget.  `results` is filled by
-    TeacherPool.run with what completed before the stop."""
+class TeacherUnexpectedError(TeacherError):
+    pass
 
-    def __init__(self, message: str, *, spent_usd: float = 0.0, budget_usd: float = 0.0, **kw: Any) -> None:
+
+class TeacherCallsFailed(TeacherError):
+    """Raised by TeacherPool.run when not one call of a teacher succeeded:
+    going on would be an iteration that silently learns nothing from it.
+    `results` holds the batch's results (the failures are recorded, not
+    cached: the next run asks again)."""
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.results: list | None = None
+
+
+class BudgetExceeded(TeacherError):
+    """Raised before a call that cannot fit in the budget: settled spend plus
+    its estimate passes the cap (what is in flight only makes it worse).
+    `results` is filled by TeacherPool.run with what completed before the stop."""
+
+    def __init__(self, message: str, *, spent_usd: float = 0.0, reserved_usd: float = 0.0,
+                 estimate_usd: float = 0.0, budget_usd: float = 0.0, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.spent_usd = spent_usd
+        self.reserved_usd = reserved_usd
+        self.estimate_usd = estimate_usd
         self.budget_usd = budget_usd
         self.results: list | None = None
+
+    @property
+    def needed_usd(self) -> float:
+        """The smallest cap under which the refused call would have gone ahead:
+        a budget stop holds while budget_usd stays below it."""
+        return self.spent_usd + self.estimate_usd
 
 
 RETRYABLE = (TeacherRateLimited, TeacherUnavailable, TeacherTimeout, TeacherBadResponse)
@@ -127,7 +161,13 @@ def translate(exc: BaseException, *, teacher: str, model: str, api_base: str | N
     if isinstance(exc, TeacherError):
         return exc
     secret = os.environ.get(api_key_env, "") if api_key_env else ""
-    msg = _short(redact(str(exc), (secret,)))
+    msg = _short(redact_message(str(exc), (secret,)))
+    bad_args = _argument_error(exc, litellm)
+    if bad_args is not None:
+        return TeacherBadRequest(
+            f"the call to {model} could not be made ({type(bad_args).__name__}: "
+            f"{_short(redact_message(str(bad_args), (secret,)))}); check the teacher's `extra` options in "
+            "distillery.toml (an option LiteLLM does not accept, or a value of the wrong type)", teacher=teacher)
     code = getattr(exc, "status_code", None)
     where = f" at {api_base}" if api_base else ""
     if isinstance(exc, litellm.AuthenticationError) or code in (401, 403) or isinstance(exc, litellm.PermissionDeniedError):
@@ -152,7 +192,8 @@ def translate(exc: BaseException, *, teacher: str, model: str, api_base: str | N
                                      f"'openai/gpt-4o-mini' or 'openai/<alias>' with api_base", teacher=teacher, status_code=code)
         return TeacherBadRequest(f"request rejected ({msg}); check the model name {model!r} and the generation options",
                                  teacher=teacher, status_code=code)
-    if "expecting value" in msg.lower() or "json" in msg.lower() and "decode" in msg.lower():
+    if _in_chain(exc, json.JSONDecodeError) or "expecting value" in msg.lower() or (
+            "json" in msg.lower() and "decode" in msg.lower()):
         return TeacherBadResponse(f"response body is not valid JSON ({msg})", teacher=teacher, status_code=code)
     if isinstance(exc, litellm.APIConnectionError) or "connection" in msg.lower():
         return TeacherUnavailable(f"cannot connect to {model}{where} ({msg}); is the server running?",
@@ -167,7 +208,46 @@ def translate(exc: BaseException, *, teacher: str, model: str, api_base: str | N
         return TeacherUnavailable(f"connection failed ({msg})", teacher=teacher)
     if isinstance(exc, litellm.APIError):
         return TeacherUnavailable(f"API error ({msg})", teacher=teacher, status_code=code)
-    return TeacherBadResponse(f"unexpected {type(exc).__name__}: {msg}", teacher=teacher, status_code=code)
+    return TeacherUnexpectedError(f"unexpected {type(exc).__name__} ({msg}); not retried, as it is not a known "
+                                  "transient failure; the next `distillery run` asks again",
+                                  teacher=teacher, status_code=code)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """exc and what caused it (__cause__, else __context__), outermost first."""
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in out and len(out) < 16:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def _in_chain(exc: BaseException, kind: type | tuple[type, ...]) -> bool:
+    return any(isinstance(e, kind) for e in _chain(exc))
+
+
+# Errors of the arguments of a call: Python raises them at the call itself
+# (`api_key` given twice), LiteLLM while building the request (and then wraps
+# them in an APIConnectionError).  No retry can fix them.
+_ARGUMENT_ERRORS = (TypeError, AttributeError, KeyError, ValueError)
+
+
+def _argument_error(exc: BaseException, litellm: Any) -> BaseException | None:
+    """The argument error behind `exc`, or None.  Never when a network error
+    is in the chain (a real connection failure) or a body that is not JSON
+    (JSONDecodeError is a ValueError, but a bad response)."""
+    chain = _chain(exc)
+    if any(isinstance(e, (OSError, TimeoutError, json.JSONDecodeError))
+           or type(e).__module__.startswith(("httpx", "aiohttp")) for e in chain):
+        return None
+    if isinstance(exc, litellm.APIConnectionError):
+        inner = chain[1:]  # what LiteLLM met before sending anything
+    elif type(exc).__module__.startswith(("litellm", "openai")):
+        return None  # a provider or HTTP error, classified by translate
+    else:
+        inner = chain[:1]  # raised at the call itself
+    return next((e for e in inner if isinstance(e, _ARGUMENT_ERRORS)), None)
 
 
 # Providers echo (masked) keys in auth errors ("Incorrect API key provided:
@@ -176,15 +256,14 @@ def translate(exc: BaseException, *, teacher: str, model: str, api_base: str | N
 _KEYLIKE = re.compile(r"(?i)\b(?:sk|pk|rk|ak|key|api[-_]?key|bearer)[-_ :=]+(?=[\w\-*.]*[\d*])[\w\-*.]{4,}|\*{3,}[\w\-]*")
 
 
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    for sec in secrets:
-        if sec and len(sec) >= 4:
-            text = text.replace(sec, "[redacted]")
-    return _KEYLIKE.sub("[redacted]", text)
+def redact_message(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """An error message with the given secrets, credentials in URLs and
+    key-looking tokens masked."""
+    return _KEYLIKE.sub(MASK, redact(text, secrets))
 
 
 def _short(text: str, limit: int = 300) -> str:
-    text = redact(" ".join(text.split()))
+    text = redact_message(" ".join(text.split()))
     for prefix in ("litellm.", ):
         if text.startswith(prefix):
             text = text[len(prefix):]

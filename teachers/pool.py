@@ -1,12 +1,16 @@
 """Many requests over several teachers at once, each teacher with its own limits.
 
 `TeacherPool.run(requests)` starts every request concurrently; each teacher's
-RateLimiter decides how many of its requests are actually in flight.  One
-failed request never raises (it comes back with status "error").  A budget or
-auth/validation error stops the run: requests not yet sent come back
-"skipped", the ones in flight finish and are cached, and the first such error
-is raised with `.results` holding the full result list (same order as the
-requests) so the loop can keep what succeeded and report why it stopped.
+RateLimiter decides how many of its requests are actually in flight, and the
+shared Budget how many it can afford (a call waits for calls in flight to
+settle when only their reservations keep it out).  One failed request never
+raises (it comes back with status "error").  A budget or auth/validation
+error stops the run: requests not yet sent come back "skipped", the ones in
+flight finish and are cached, and the first such error is raised with
+`.results` holding the full result list (same order as the requests) so the
+loop can keep what succeeded and report why it stopped.  A teacher none of
+whose requests succeeded raises TeacherCallsFailed (with `.results`) after
+the batch: an iteration must not go on as if it had heard from it.
 """
 
 from __future__ import annotations
@@ -16,13 +20,13 @@ import contextlib
 import gc
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from . import cache
 from .budget import Budget
 from .client import CallResult, TeacherClient
 from .config import TeacherConfig
-from .errors import BudgetExceeded, TeacherError
+from .errors import BudgetExceeded, TeacherCallsFailed, TeacherError
 
 
 @dataclass
@@ -58,7 +62,17 @@ class TeacherPool:
     def http_attempts(self) -> int:
         return sum(c.http_attempts for c in self.clients.values())
 
-    async def run(self, requests: Iterable[TeacherRequest]) -> list[CallResult]:
+    async def run(self, requests: Iterable[TeacherRequest], *, should_stop: Callable[[], bool] | None = None,
+                  on_progress: Callable[[int, int], None] | None = None) -> list[CallResult]:
+        """Every request, concurrently; results in request order.
+
+        `on_progress(done, total)` after each request completes (the loop's
+        progress display).  `should_stop()` is polled every STOP_POLL_S: once
+        true, requests not finished — waiting for a slot or in flight — are
+        cancelled and come back "skipped", finished ones are kept (they are
+        cached as they complete), and `run` returns at once instead of
+        waiting for a slow API (a request cancelled in flight may still be
+        billed by the provider; nothing of it is stored)."""
         reqs = list(requests)
         for r in reqs:
             if r.teacher not in self.clients:
@@ -81,18 +95,53 @@ class TeacherPool:
                 status = "skipped" if isinstance(e, BudgetExceeded) else "error"
                 return CallResult("", None, status, str(e), 0.0, False, r.teacher, type(e).__name__, 0, r.tag)
 
+        done = 0
+
+        async def tracked(r: TeacherRequest) -> CallResult:
+            nonlocal done
+            try:
+                res = await one(r)
+            except asyncio.CancelledError:  # a stop request (below): nothing of this call is kept
+                return _skipped(r)
+            done += 1
+            if on_progress is not None:
+                on_progress(done, len(reqs))
+            return res
+
         with gc_frozen():
-            results = list(await asyncio.gather(*(one(r) for r in reqs)))
+            tasks = [asyncio.ensure_future(tracked(r)) for r in reqs]
+            watcher = asyncio.ensure_future(_cancel_on_stop(should_stop, stop, tasks)) if should_stop else None
+            try:
+                results = list(await asyncio.gather(*tasks))
+            finally:
+                if watcher is not None:
+                    watcher.cancel()
         if fatal:
             # Prefer the budget error when present: it is the one the loop reports as a stop reason.
             err = next((e for e in fatal if isinstance(e, BudgetExceeded)), fatal[0])
             err.results = results  # type: ignore[attr-defined]
             raise err
+        failed = _failed_teacher(results)
+        if failed is not None:
+            failed.results = results
+            raise failed
         return results
 
-    def run_sync(self, requests: Iterable[TeacherRequest]) -> list[CallResult]:
+    def run_sync(self, requests: Iterable[TeacherRequest], **kw) -> list[CallResult]:
         """`run` from synchronous code (the loop's steps)."""
-        return asyncio.run(self.run(requests))
+        return asyncio.run(self.run(requests, **kw))
+
+
+STOP_POLL_S = 0.1
+
+
+async def _cancel_on_stop(should_stop: Callable[[], bool], stop: asyncio.Event, tasks: list) -> None:
+    while not should_stop():
+        await asyncio.sleep(STOP_POLL_S)
+    stop.set()  # requests that have not started are skipped
+    for t in tasks:
+        if not t.done():
+            t.cancel()
 
 
 _freeze_lock = threading.Lock()
@@ -129,6 +178,25 @@ def gc_frozen():
             if _freeze_depth == 0 and _we_froze:
                 gc.unfreeze()
                 _we_froze = False
+
+
+def _failed_teacher(results: list[CallResult]) -> TeacherCallsFailed | None:
+    """The error for the first teacher whose every request failed, else None."""
+    by_teacher: dict[str, list[CallResult]] = {}
+    for r in results:
+        by_teacher.setdefault(r.teacher or "", []).append(r)
+    for name, rs in by_teacher.items():
+        if all(r.status == "error" for r in rs):
+            kinds: dict[str, int] = {}
+            for r in rs:
+                kinds[r.error_type or "error"] = kinds.get(r.error_type or "error", 0) + 1
+            first = (rs[0].error or "").removeprefix(f"teacher {name!r}: ")
+            summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+            return TeacherCallsFailed(
+                f"all {len(rs)} of its calls failed ({summary}); the first: {first}. Fix the cause and run again: "
+                "failed calls are recorded (teacher_calls.status = 'error') but not cached, so the next run asks again",
+                teacher=name)
+    return None
 
 
 def _skipped(r: TeacherRequest) -> CallResult:

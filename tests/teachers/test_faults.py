@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from teachers import TeacherPool, TeacherRequest
 from tests.fakeserver import FAULT_KINDS
 
@@ -71,3 +73,25 @@ def test_recorded_failures_are_retried_on_the_next_run_only(fake_server, store, 
     assert [r.cached for r in second] == [False] * 5 + [True] * 15
     assert fake_server.requests == 25 + 5  # only the failed ones were requested again
     assert max(fake_server.billed.values()) == 1
+
+
+def test_a_teacher_whose_every_call_failed_stops_the_batch_with_the_cause(fake_server, store, make_cfg):
+    # One teacher always answers 503, the other is fine: going on would be an iteration
+    # that silently learned nothing from the first (the run used to exit 0, 0 rationales).
+    from teachers import TeacherCallsFailed
+    from tests.fakeserver import FakeOpenAIServer
+
+    with FakeOpenAIServer(fault_fn=lambda fp, attempt, body: "503") as down:
+        cfgs = [make_cfg(down, name="down", max_retries=1), make_cfg(fake_server, name="up")]
+        reqs = [TeacherRequest(t, [{"role": "user", "content": f"Question {i}: what is {i} + 1? ({t})"}], tag=(t, i))
+                for t in ("down", "up") for i in range(3)]
+        with pytest.raises(TeacherCallsFailed) as ei:
+            asyncio.run(TeacherPool(cfgs, store).run(reqs))
+    e = ei.value
+    assert e.teacher == "down"
+    msg = str(e)
+    assert msg.startswith("teacher 'down': all 3 of its calls failed (3 TeacherUnavailable)") and "503" in msg
+    assert "run again" in msg and "not cached" in msg
+    assert [r.status for r in e.results] == ["error"] * 3 + ["ok"] * 3  # the other teacher's answers are kept
+    assert store.conn.execute("SELECT COUNT(*) FROM teacher_calls WHERE status = 'error'").fetchone()[0] == 3
+    assert down.requests == 3 * 2  # transient: retried (max_retries=1) before giving up

@@ -13,11 +13,14 @@ import litellm
 import pytest
 
 from teachers.errors import (
+    RETRYABLE,
     TeacherAuthError,
     TeacherBadRequest,
+    TeacherBadResponse,
     TeacherRateLimited,
     TeacherTimeout,
     TeacherUnavailable,
+    TeacherUnexpectedError,
     key_env_hint,
     retry_after_seconds,
     translate,
@@ -47,6 +50,47 @@ def test_translate_maps_litellm_errors_and_names_the_fix():
     assert isinstance(e, TeacherUnavailable)
     e = translate(ConnectionResetError("reset by peer"), **kw)
     assert isinstance(e, TeacherUnavailable)
+
+
+def _raised(outer: Exception, inner: Exception) -> Exception:
+    """`outer` raised while handling `inner`, as LiteLLM wraps what it catches."""
+    try:
+        try:
+            raise inner
+        except Exception:
+            raise outer
+    except Exception as e:
+        return e
+
+
+def test_errors_not_known_to_be_transient_are_not_retried():
+    kw = dict(teacher="t1", model="openai/fake", api_key_env=None, timeout_s=5)
+    # `extra = {api_key = ...}`: Python refuses the call itself
+    e = translate(TypeError("acompletion() got multiple values for keyword argument 'api_key'"), **kw)
+    assert isinstance(e, TeacherBadRequest) and "`extra`" in str(e) and "api_key" in str(e)
+    # LiteLLM wraps an argument error met while building the request in an APIConnectionError
+    wrapped = _raised(litellm.APIConnectionError("OpenAIException - 'int' object is not iterable",
+                                                 llm_provider="openai", model="fake"),
+                      TypeError("'int' object is not iterable"))
+    e = translate(wrapped, **kw)
+    assert isinstance(e, TeacherBadRequest) and "TypeError" in str(e)
+    assert not isinstance(e, RETRYABLE)
+    # ...but a real connection failure under the same class is still transient
+    refused = _raised(litellm.APIConnectionError("Connection error.", llm_provider="openai", model="fake"),
+                      _raised(httpx.ConnectError("refused"), ConnectionRefusedError(111, "refused")))
+    assert isinstance(translate(refused, **kw), TeacherUnavailable)
+    # a body that is not JSON is a bad response (JSONDecodeError is a ValueError), retried
+    import json
+
+    try:
+        json.loads('{"choices": [')
+    except json.JSONDecodeError as je:
+        bad_body = _raised(litellm.InternalServerError("OpenAIException - Unterminated string",
+                                                       llm_provider="openai", model="fake"), je)
+    assert isinstance(translate(bad_body, **kw), TeacherBadResponse)
+    # anything else we cannot tell to be transient fails the call without a retry
+    e = translate(RuntimeError("something odd"), **kw)
+    assert isinstance(e, TeacherUnexpectedError) and not isinstance(e, RETRYABLE) and "not retried" in str(e)
 
 
 def test_retry_after_prefers_milliseconds_and_ignores_dates():
