@@ -117,6 +117,13 @@ def build_train_examples(o: "Orchestrator", k: int, wrong: dict[str, str]):
     return out, stats
 
 
+def _remove_hint(o: "Orchestrator", example_id: str | None) -> str:
+    """For imported data: the one long example can also be taken out."""
+    if o.cfg.task.kind != "jsonl" or example_id is None:
+        return ""
+    return f", or take that example out with `distillery data remove {example_id}`"
+
+
 def check_task_lengths(o: "Orchestrator", pool: list[dict], dev: list[dict]) -> None:
     """Preflight: every pool example's gold row must fit `student.max_length`
     (its student prompt and its demonstration context, each next to the gold
@@ -130,28 +137,30 @@ def check_task_lengths(o: "Orchestrator", pool: list[dict], dev: list[dict]) -> 
     st, dm, fmt = o.templates["student"], o.templates["demonstration"], o.fmt
     gen = o.cfg.generation.max_new_tokens
     need_row, need_gen, worst_row, worst_gen = 0, 0, None, None
+    row_id = gen_id = None
     for split, rows in (("pool", pool), ("dev", dev)):
         for ex in rows:
             prompt = len(prompt_ids(tok, st.render(question=ex["question"], answer_format=fmt)))
             if prompt + gen > need_gen:
-                need_gen, worst_gen = prompt + gen, ex["question"][:60]
+                need_gen, worst_gen, gen_id = prompt + gen, ex["question"][:60], ex.get("id")
             if split != "pool" or not ex.get("rationale"):
                 continue
             y = len(completion_ids(tok, ex["rationale"]))
             ctx = len(prompt_ids(tok, dm.render(question=ex["question"], demonstration=ex["rationale"],
                                                 answer_format=fmt)))
             if max(prompt, ctx) + y > need_row:
-                need_row, worst_row = max(prompt, ctx) + y, ex["question"][:60]
+                need_row, worst_row, row_id = max(prompt, ctx) + y, ex["question"][:60], ex.get("id")
     if need_row > max_len:
         raise UserError(
             f"student.max_length = {max_len} is too short for this task: the training row of pool question "
             f"{worst_row!r} "
             f"(its demonstration context next to its whole completion) needs {need_row} tokens, and rows are "
             f"never cut; raise student.max_length to at least {need_row} in distillery.toml"
+            + _remove_hint(o, row_id)
         )
     if need_gen > max_len:
         raise UserError(
             f"student.max_length = {max_len} is too short: the prompt of question {worst_gen!r} plus "
             f"generation.max_new_tokens = {gen} needs {need_gen} tokens; raise student.max_length to at least "
-            f"{need_gen} (or lower generation.max_new_tokens)"
+            f"{need_gen} (or lower generation.max_new_tokens)" + _remove_hint(o, gen_id)
         )

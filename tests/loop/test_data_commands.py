@@ -94,3 +94,28 @@ def test_field_limits(tmp_path, field, limit):
     row = {"question": "Q?", "answer": "1", field: "y" * (getattr(d, limit) + 1)}
     with pytest.raises(d.DataError, match=rf"f.jsonl:1: \"{field}\" has .* the limit is"):
         d.read_jsonl(_jsonl(tmp_path / "f.jsonl", [row]))
+
+
+def test_a_too_long_example_is_named_and_removing_it_unblocks_the_run(ws, tmp_path, capsys):
+    """Issue: one oversized example broke every later run.  Now preflight names
+    it with the fix, `data remove` takes it out, and the run goes on."""
+    toml = ws / "distillery.toml"
+    toml.write_text(toml.read_text().replace('kind = "arithmetic"', 'kind = "jsonl"')
+                    .replace("max_iterations = 3", "max_iterations = 1"))
+    pool = [{"id": f"p{i}", "question": f"Tom has {i} apples and buys 2 more. How many apples?", "answer": str(i + 2),
+             "rationale": f"{i} + 2 = {i + 2}.\n#### {i + 2}"} for i in range(4)]
+    pool.append({"id": "long", "question": "Count the apples: " + "apple " * 2000, "answer": "2000"})
+    dev = [{"id": f"d{i}", "question": f"Ann has {i} pears and buys 3 more. How many pears?", "answer": str(i + 3)}
+           for i in range(2)]
+    assert run_inprocess(ws, "data", "add", str(_jsonl(tmp_path / "pool.jsonl", pool))) == 0
+    assert run_inprocess(ws, "data", "add", str(_jsonl(tmp_path / "dev.jsonl", dev)), "--split", "dev") == 0
+    capsys.readouterr()
+    assert main(["run", "-w", str(ws)]) == 2
+    err = capsys.readouterr().err
+    assert "student.max_length" in err and "distillery data remove long" in err and "Traceback" not in err
+    assert run_inprocess(ws, "data", "remove", "long") == 0
+    assert main(["run", "-w", str(ws)]) == 0
+    with Store.open(ws) as st:
+        run = st.get_run("main")
+        mined = {p["example_id"] for p in st.list_predictions(run["id"], 0, "eval")}
+        assert "long" not in mined and {"d0", "d1"} <= mined
