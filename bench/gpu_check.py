@@ -334,7 +334,7 @@ def main() -> int:
     # activation gradients (as costly as the forward) but no weight gradients,
     # so 4 FLOPs per parameter per token instead of full training's 6.  The LM
     # head runs on the completion positions only (student/teacher.py:
-    # aligned_forward), so it is charged for y tokens, the decoder for all.
+    # aligned_hidden + LMHead in the chunked loss), so it is charged for y tokens, the decoder for all.
     # Attention scores (~2% at these lengths) and the LoRA matmuls (<1%) are
     # not counted, so the MFU errs low.
     flops = 4 * (body * sft["tokens"] + head * y_tok)

@@ -8,6 +8,7 @@ boundary, into UserError (exit 2, bad input, nothing written) or RunFailure
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -42,12 +43,17 @@ def register(app: typer.Typer) -> None:
         detach: Annotated[bool, typer.Option("--detach", help="Run in the background (log in .distillery/run.log).")] = False,
         follow: Annotated[bool, typer.Option("--follow", help="After convergence, idle and wake on new pool data or template edits.")] = False,
         run_name: Annotated[Optional[str], typer.Option("--run", help="Resume this run (default: run_name from distillery.toml).")] = None,
+        verbose: Annotated[bool, typer.Option("--verbose", help="Also show the libraries' own warnings and progress bars while the student loads.")] = False,
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Run or resume the distillation loop (one writer per workspace)."""
         from .daemon import check_inputs, detach as start_detached, run_loop
         from .workspace import find_workspace, load_workspace_config
 
+        if verbose:  # through the environment, so a --detach child and training jobs see it too
+            from student.model import VERBOSE_ENV
+
+            os.environ[VERBOSE_ENV] = "1"
         ws = find_workspace(workspace)
         cfg = load_workspace_config(ws)
         console = _console()

@@ -1,5 +1,6 @@
 """CLI commands over the workspace and its store: init, data (loop/cli_data.py), runs,
-iterations, show, diff, trace, export (registered on the root app by loop.cli).
+iterations, show, calls (loop/cli_calls.py), diff, trace, export (registered on the
+root app by loop.cli).
 
 Inspection commands read inside one snapshot so they work while a run is
 writing, and never show half of an iteration.  Store errors are translated
@@ -22,7 +23,7 @@ from rich.table import Table
 from store import Store
 from store.errors import Ambiguous, NotFound, StoreError
 
-from . import cli_data
+from . import cli_calls, cli_data
 from .cli_common import JsonOpt, WorkspaceOpt, print_json
 from .errors import UserError
 from .presets import PRESETS
@@ -149,6 +150,7 @@ def register(app: typer.Typer) -> None:
     data_app = typer.Typer(help="The workspace's examples: add, list, remove.", no_args_is_help=True)
     app.add_typer(data_app, name="data")
     cli_data.register(data_app, _store, _console)
+    cli_calls.register(app, _store, _console, parse_ref)
 
     @app.command("init")
     def init_cmd(
@@ -286,7 +288,12 @@ def register(app: typer.Typer) -> None:
             c.print("  rejected by reason:")
             for why, n in doc["rejections"].items():
                 c.print(f"    {n:>4}  {why}: {REASONS.get(why, '')}")
-        c.print(f"  teacher calls: {tc['count']} ({tc['ok']} ok, {tc['error']} failed), ${tc['cost_usd']:.4f}")
+        c.print(f"  teacher calls: {tc['count']} recorded ({tc['ok']} ok, {tc['error']} failed), {tc['cached']} cached, "
+                f"{tc['requests']} requests, ${tc['cost_usd']:.4f}")
+        from .summary import teacher_line
+
+        for name, s in tc["teachers"].items():
+            c.print(f"    {name}: {teacher_line(s)}")
 
     @app.command("diff")
     def diff_cmd(
@@ -342,6 +349,7 @@ def register(app: typer.Typer) -> None:
             except NotFound as e:
                 raise UserError(f"{e}; example ids are listed by `distillery diff` and `distillery export`") from None
             doc = st.lineage(eid)
+            run_names = {r["id"]: r["name"] for r in st.list_runs()}  # a call's run_id, shown by name
         if as_json:
             print_json(doc)
             return
@@ -371,22 +379,47 @@ def register(app: typer.Typer) -> None:
             for v in doc["verdicts"]:
                 t.add_row(f"{v['run']}:{v['k']}", v["rationale_id"], _fmt(v["accepted"]), v["rejected_reason"] or "-")
             c.print(t)
+        if doc["teacher_calls"]:
+            cli_calls.print_calls(c, doc["teacher_calls"], "teacher calls (those that wrote or judged a rationale, "
+                                  "and every failed one)", run_names)
         for v in doc["dataset"]:
             demos = ", ".join(f"{x['rationale_id']}×{x['weight']:g}" for x in v["demonstrations"])
             c.print(f"  dataset {v['run']}:{v['k']}: {'removed' if v['removed'] else demos}")
 
     @app.command("export")
     def export_cmd(
-        ref: Annotated[str, typer.Argument(metavar="[RUN:]K", help="Iteration whose dataset to export (a number, or best).")],
-        fmt: Annotated[str, typer.Option("--format", help="jsonl | openai (chat fine-tuning messages)")] = "jsonl",
-        output: Annotated[Optional[Path], typer.Option("-o", "--output", help="File to write (default: stdout).")] = None,
+        ref: Annotated[str, typer.Argument(metavar="[RUN:]K", help="Iteration to export (a number, or best).")],
+        fmt: Annotated[str, typer.Option("--format", help="jsonl | openai (its training set: rows, or chat fine-tuning "
+                                         "messages) | peft (its LoRA adapter + model card) | merged (the model with "
+                                         "the adapter merged, safetensors + tokenizer)")] = "jsonl",
+        output: Annotated[Optional[Path], typer.Option("-o", "--output", help="File to write (default: stdout); "
+                                                       "the directory to create for peft and merged.")] = None,
         system: Annotated[Optional[str], typer.Option("--system", help="System message for --format openai.")] = None,
+        force: Annotated[bool, typer.Option("--force", help="peft / merged: replace an earlier export in the -o directory.")] = False,
         workspace: WorkspaceOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """Export the training set of an iteration."""
-        if fmt not in ("jsonl", "openai"):
-            raise UserError(f"unknown --format {fmt!r}; use --format jsonl or --format openai")
+        """Export an iteration: its training set (jsonl, openai) or its model (peft, merged)."""
+        from .export_model import FORMATS as MODEL_FORMATS, export_model, source_of
+
+        if fmt not in ("jsonl", "openai", *MODEL_FORMATS):
+            raise UserError(f"unknown --format {fmt!r}; use jsonl, openai, peft or merged")
+        if fmt in MODEL_FORMATS:
+            if output is None:
+                raise UserError(f"--format {fmt} writes a directory; add -o DIR, e.g. -o distilled-{fmt}")
+            with _store(workspace) as st, st.snapshot():
+                run, k = parse_ref(st, ref)
+                ws = st.workspace  # type: ignore[attr-defined]
+                src = source_of(st, ws, run, k)
+            # outside the snapshot: loading the student takes a while
+            doc = export_model(src, fmt, output, force=force, workspace=ws, say=None if as_json else _console().print)
+            if as_json:
+                print_json(doc)
+            else:
+                what = "adapter + tokenizer" if fmt == "peft" else "merged model + tokenizer"
+                _console().print(f"Wrote {run['name']}:{k} to {doc['directory']} ({what}, model card README.md "
+                                 "shows how to load it)")
+            return
         if output is None and as_json:  # stdout is the data itself; --json describes a written file
             raise UserError("export --json describes the file it writes; add -o FILE (without -o the rows "
                             "go to stdout as JSON lines, and --json is not needed)")
@@ -448,6 +481,7 @@ def _show_doc(st: Store, run: dict, k: int) -> dict:
         " FROM teacher_calls WHERE run_id = ? AND k = ?",
         (owner, k),
     ).fetchone()
+    teachers = st.teacher_call_stats(run["id"], k)  # per teacher: requests, cached, tokens, latency, cost
     steps = st.step_details(owner, k)
     infos = {d["step"]: d["info"] or {} for d in steps}
     rejections: dict[str, int] = {}
@@ -483,7 +517,9 @@ def _show_doc(st: Store, run: dict, k: int) -> dict:
         "dataset": {"size": st.dataset_size(run["id"], k), "changed": len(st.changed_examples(owner, k))},
         "predictions": preds,
         "rationales": {"created": created, "accepted": acc or 0, "rejected": rej or 0},
-        "teacher_calls": {"count": n, "ok": ok or 0, "error": err or 0, "cost_usd": float(cost)},
+        "teacher_calls": {"count": n, "ok": ok or 0, "error": err or 0, "cost_usd": float(cost),
+                          "requests": sum(t["requests"] for t in teachers.values()),
+                          "cached": sum(t["cached"] for t in teachers.values()), "teachers": teachers},
     }
     if owner != run["id"]:
         doc["inherited_from"] = st.get_run(owner)["name"]

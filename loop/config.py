@@ -14,6 +14,8 @@ from student.config import GenerationConfig, LoraConfig, LossConfig, ModelConfig
 from teachers.config import TeacherConfig
 from teachers.verify import VerifyConfig
 
+from .tracking import TrackConfig
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -61,6 +63,7 @@ class Config(_Strict):
     teachers: list[TeacherConfig] = Field(default_factory=lambda: [TeacherConfig(name="self", model="self")])
     loop: LoopConfig = Field(default_factory=LoopConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)
 
 
 def load_config(path) -> Config:

@@ -186,7 +186,8 @@ def validation_message(path: Path, text: str, model: type[BaseModel], err: Valid
             msg = f"{where}: missing required key '{key}'; add it" + (
                 f" ({allowed(field)})" if field is not None else ""
             )
-        elif e["type"] == "credential_in_config":  # the value is a key: never echoed
+        elif e["type"] in ("credential_in_config", "conflicting_settings"):
+            # a key is never echoed; two settings that exclude each other are named by the message
             msg = f"{where}: {key}: {e['msg']}"
         else:
             got = e.get("input")

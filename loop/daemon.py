@@ -249,7 +249,7 @@ def status(ws: Path, store) -> dict:
             doc.update(run=hb.get("run") or who.get("run"), run_id=None, run_status="starting", state=hb.get("state", "starting"),
                        iteration=None, step=None, progress=None, heartbeat=hb.get("heartbeat"), heartbeat_age_s=None,
                        iterations_done=0, dev_acc=None, baseline_dev_acc=None, stop_reason=None, spend_usd=0.0,
-                       last_error=None, runs=[])
+                       teacher_calls=None, last_error=None, runs=[])
             return doc
         doc.update(run=None, message="no runs yet; start one with `distillery run`")
         return doc
@@ -272,14 +272,23 @@ def status(ws: Path, store) -> dict:
         "baseline_dev_acc": (done[0]["metrics"].get("baseline_dev_acc") if done else None),
         "stop_reason": (last or {}).get("stop_reason"),
         "spend_usd": store.spend(run["id"]),
+        "teacher_calls": _teacher_calls(store, run["id"], hb.get("iteration") if who else None, its),
         "last_error": errors[-1]["message"] if errors else None,
         "runs": [{"name": r["name"], "status": r["status"], "parent_run": r["parent_run"], "parent_k": r["parent_k"]} for r in runs],
     })
     return doc
 
 
+def _teacher_calls(store, run_id: int, running_k: int | None, its: list[dict]) -> dict:
+    """Per teacher, the calls of the iteration in progress (else the run's
+    latest) and of the whole run: `Store.teacher_call_stats`."""
+    k = running_k if running_k is not None else (its[-1]["k"] if its else None)
+    return {"k": k, "iteration": store.teacher_call_stats(run_id, k) if k is not None else {},
+            "run": store.teacher_call_stats(run_id)}
+
+
 def print_status(console: Console, doc: dict) -> None:
-    from .summary import pct
+    from .summary import pct, teacher_line
 
     if doc.get("run") is None:
         console.print(doc.get("message", "no runs"))
@@ -298,6 +307,12 @@ def print_status(console: Console, doc: dict) -> None:
         console.print(f"  iteration {doc.get('iteration')}, step {doc.get('step')}{p}; heartbeat {doc.get('heartbeat_age_s')}s ago")
     console.print(f"  iterations done: {doc['iterations_done']}; dev accuracy {pct(doc.get('dev_acc'))} "
                   f"(baseline {pct(doc.get('baseline_dev_acc'))}); spend ${doc.get('spend_usd') or 0:.4f}")
+    tc = doc.get("teacher_calls") or {}
+    for title, per_teacher in ((f"at iteration {tc.get('k')}", tc.get("iteration")), ("over the run", tc.get("run"))):
+        if per_teacher:
+            console.print(f"  teacher calls {title}:")
+            for name, stats in per_teacher.items():  # names are user text: no markup
+                console.print(f"    {name}: {teacher_line(stats)}", markup=False, soft_wrap=True)
     if doc.get("stop_reason"):
         console.print(f"  stopped by rule: {doc['stop_reason']}")
     if doc.get("last_error"):

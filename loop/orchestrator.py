@@ -36,6 +36,7 @@ from .heartbeat import Heartbeat
 from .preflight import check_generation, check_teachers
 from .summary import STEP_ORDER as STEPS, best_k as best_of, step_line
 from .terminal import SafeConsole, StepProgress
+from .tracking import Tracking, check_trackers, open_tracking
 
 TEMPLATES = ("rationale", "refine", "student", "demonstration", "verify")
 
@@ -112,6 +113,7 @@ class Orchestrator:
         self._vllm = None
         self._step_t0 = 0.0
         self._follow_base = 0  # patience and max_iterations count from here after a wake-up
+        self.tracker = Tracking()  # [track] report_to: opened by execute (loop/tracking.py)
         self.timings: dict[str, float] = {}  # seconds by category, for bench/loop_bench.py
 
     # ------------------------------------------------------------------ checks
@@ -126,6 +128,7 @@ class Orchestrator:
         self.templates = self.load_templates(strict=True)
         self._check_teachers()
         check_generation(self.cfg)
+        check_trackers(self.cfg.track)
         from .train_job import check_launch
 
         check_launch(self.cfg, self.ws)
@@ -424,6 +427,7 @@ class Orchestrator:
         done: list[int] = []
         outcome_status, reason = "done", None
         try:
+            self.tracker = open_tracking(self)
             while True:
                 k, reason = self._next_k()
                 while reason is None:
@@ -453,6 +457,7 @@ class Orchestrator:
         except Exception as e:  # a bug or an environment failure: keep the trace in the event log
             self._fail(f"{type(e).__name__}: {e}", traceback.format_exc())
             raise RunFailure(f"iteration failed: {type(e).__name__}: {e} (the run can be resumed with `distillery run`)") from e
+        self.tracker.close(outcome_status)
         if outcome_status == "done":
             self.hb.update(state="done", stop_reason=reason, force=True)
         return Outcome(self.run_id, self.run_name, outcome_status, reason, done)
@@ -463,6 +468,7 @@ class Orchestrator:
             self.store.log_event(self.run_id, None, None, "error", message, {"traceback": tb} if tb else None)
         finally:
             self.hb.update(state="failed", last_error=message, force=True)
+            self.tracker.close("failed")
 
     def _next_k(self) -> tuple[int, str | None]:
         """Where to continue: the first iteration not done; or, when the last
@@ -525,12 +531,14 @@ class Orchestrator:
             self.store.log_event(self.run_id, k, "commit", "iteration", f"iteration {k} done", {"dev_acc": metrics.get("dev_acc")})
 
         self.commit_step(k, "commit", {"stop_reason": reason}, write)
+        if self.tracker.backends:
+            self.tracker.log_iteration(k, metrics, self.store.teacher_call_stats(self.run_id, k))
         self.hb.update(iteration=k, step="commit", last_dev_acc=metrics.get("dev_acc"),
                        spend_usd=self.store.spend(self.run_id), force=True)
         if not self.quiet:
             from .summary import print_iteration
 
-            print_iteration(self.console, k, metrics, reason)
+            print_iteration(self.console, k, metrics, reason, self.store.teacher_call_stats(self.run_id, k))
         return reason
 
     # ------------------------------------------------------------------ metrics and stop rules

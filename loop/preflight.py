@@ -22,29 +22,42 @@ def check_teachers(cfg) -> None:
     for t in cfg.teachers:
         if t.is_self:
             continue
-        try:
-            import litellm
-
-            litellm.get_llm_provider(t.model, api_base=t.api_base)
-        except Exception as e:  # litellm raises a BadRequestError for an unknown provider
-            raise UserError(
-                f"teacher {t.name!r}: unknown model {t.model!r} ({str(e).splitlines()[0][:160]}); use a LiteLLM "
-                "model string such as \"openai/gpt-4o-mini\", \"anthropic/claude-3-5-haiku-latest\", "
-                "or \"openai/<name>\" with api_base for a local OpenAI-compatible server"
-            ) from None
-        if t.api_key_env:
-            if not os.environ.get(t.api_key_env):
-                raise UserError(f"teacher {t.name!r}: environment variable {t.api_key_env} is not set; export it (api_key_env names it)")
-        if t.api_base:
-            u = urlsplit(t.api_base)
-            host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
+        ends = t.endpoints()  # the teacher itself, or each of its [[teachers.deployments]]
+        where = (lambda i: f"teacher {t.name!r}") if not t.deployments else (lambda i: f"teacher {t.name!r} deployments[{i}]")
+        for i, d in enumerate(ends):
             try:
-                socket.create_connection((host, port), timeout=3).close()
-            except OSError as e:
+                import litellm
+
+                litellm.get_llm_provider(d.model, api_base=d.api_base)
+            except Exception as e:  # litellm raises a BadRequestError for an unknown provider
                 raise UserError(
-                    f"teacher {t.name!r}: cannot reach api_base {t.api_base} ({e.strerror or e}); "
-                    "start the server, or fix api_base in distillery.toml"
+                    f"{where(i)}: unknown model {d.model!r} ({str(e).splitlines()[0][:160]}); use a LiteLLM "
+                    "model string such as \"openai/gpt-4o-mini\", \"anthropic/claude-3-5-haiku-latest\", "
+                    "or \"openai/<name>\" with api_base for a local OpenAI-compatible server"
                 ) from None
+            if d.api_key_env and not os.environ.get(d.api_key_env):
+                raise UserError(f"{where(i)}: environment variable {d.api_key_env} is not set; export it "
+                                "(api_key_env names it)")
+        # one deployment down is the Router's to route around (cooldowns); all down, or the
+        # teacher's only server down, is a run that cannot start
+        bases = [(i, d.api_base) for i, d in enumerate(ends) if d.api_base]
+        failures = [(i, base, _unreachable(base)) for i, base in bases]
+        failures = [f for f in failures if f[2] is not None]
+        if bases and len(failures) == len(bases):
+            i, base, err = failures[0]
+            raise UserError(f"{where(i)}: cannot reach api_base {base} ({err}); "
+                            "start the server, or fix api_base in distillery.toml")
+
+
+def _unreachable(api_base: str) -> str | None:
+    """Why a TCP connect to api_base fails (None when it connects): costs nothing, asks nothing."""
+    u = urlsplit(api_base)
+    host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as e:
+        return str(e.strerror or e)
+    return None
 
 
 def check_generation(cfg) -> None:

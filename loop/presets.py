@@ -159,6 +159,7 @@ kd = 1.0
 contrastive = 0.1
 alpha = 0.5
 clip = 10.0
+chunk_size = 128           # completion tokens per LM-head chunk in the losses (0: full logits, the reference)
 
 [train]
 epochs = 1.0
@@ -210,6 +211,15 @@ privileged_gold = true     # show the gold answer to the refine template
 [verify]
 structural = true
 # teacher = "gpt4o-mini"   # a [[teachers]] name; set teach = false on it to use it only as the judge
+
+# Experiment trackers: per step the loss terms, lr and tokens/s; per iteration every
+# metric of the summary; the config as hyper-parameters.  Needs the packages
+# (`pip install "distillery[track]"`); files go to track/ in the workspace.
+# [track]
+# report_to = ["tensorboard", "mlflow"]   # any of "tensorboard", "mlflow", "wandb"
+# project = "distillery"                  # the MLflow experiment and W&B project
+# wandb_mode = "offline"                  # "online" needs `wandb login`; offline: `wandb sync` later
+# dir = "track"                           # where the files go (relative to the workspace)
 """
 
 PRESETS: dict[str, str] = {"demo": DEMO, "tiny": TINY, "custom": CUSTOM}

@@ -1,11 +1,16 @@
 """`distillery report -o report.html`: one self-contained HTML page per run.
 
-No scripts, fonts or images are fetched: the plot is inline SVG and the style
-is inline CSS, so the file can be mailed or archived as is.  It shows dev (and
-pool) accuracy per iteration against the baseline, the per-iteration table
-(errors, refinements, spend, time), and for every iteration the dev examples
-that flipped (fixed / broken, with both answers) and a few refinements with
-the wrong answer they address; iterations link to each other by anchors.
+No scripts, fonts or images are fetched: the plots are inline SVG and the
+style is inline CSS, so the file can be mailed or archived as is.  It shows
+dev (and pool) accuracy per iteration against the baseline; the training loss
+curves, one panel per loss term and one line per iteration (the train step's
+per-step `history`); the per-iteration table (errors, refinements, spend,
+time); teacher calls, tokens and cost per iteration and teacher; rejections
+by reason; and for every iteration each example that flipped (fixed or
+broken, dev and pool) as a drill-down: the question, the student's answer
+before, the refinements asked for it with their verdicts (why a rejected one
+was rejected), the demonstration trained on, and the answer after training.
+Iterations link to each other by anchors.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import math
 from html import escape
 from pathlib import Path
+
+from teachers.verify import REASONS
 
 from .summary import _num, _ordered, best_k, done_iterations, pct, reasons, secs, signed_pts
 
@@ -25,7 +32,16 @@ th{background:#f4f6f8}td.l,th.l{text-align:left}.up{color:#0a7d32}.down{color:#b
 .ex{border:1px solid #e4e6ea;border-radius:6px;padding:8px 12px;margin:8px 0;background:#fbfcfd}
 pre{white-space:pre-wrap;background:#f4f6f8;padding:6px 8px;border-radius:4px;margin:4px 0;font-size:.88em}
 nav a{margin-right:12px}.tag{display:inline-block;padding:1px 6px;border-radius:8px;font-size:.8em;background:#eef}
+.panels{display:flex;flex-wrap:wrap;gap:12px}summary{cursor:pointer}details.ex[open]>summary{margin-bottom:6px}
+.tag.fixed,.tag.accepted{background:#d3f9d8}.tag.broken,.tag.rejected{background:#ffe3e3}
+.story{border-left:3px solid #dde;margin:6px 0 6px 4px;padding-left:10px}.story h4{margin:8px 0 2px;font-size:.95em}
+.bar{display:inline-block;height:9px;background:#f08c00;border-radius:2px;vertical-align:middle;margin-right:6px}
 """
+
+# one colour per iteration in the loss panels (cycled past ten)
+_ITER_COLORS = ("#1f6feb", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#0b7285", "#5c940d", "#d6336c", "#495057", "#f59f00")
+_TERMS = ("total", "sft", "kd", "contrastive", "feature")  # the train step's history keys (loop/steps.py)
+_MAX_TEXT = 1500  # characters of one output or rationale shown in a drill-down
 
 
 def plot_svg(points: list[tuple[str, float | None]], pool: list[tuple[str, float | None]] | None = None,
@@ -78,9 +94,211 @@ def plot_svg(points: list[tuple[str, float | None]], pool: list[tuple[str, float
     return "".join(parts)
 
 
-def _preds(store, run: dict, it: dict, phase: str) -> dict[str, dict]:
-    owner = it.get("run_id", run["id"])
-    return {p["example_id"]: p for p in store.list_predictions(owner, it["k"], phase) if p["sample"] == 0}
+def curves_svg(term: str, series: list[tuple[int, list[tuple[float, float]]]], width: int = 536, height: int = 230) -> str:
+    """One loss term over optimizer steps, one line per iteration k; inline SVG.
+    The y axis spans the data (a loss near 4.7 that moves by 0.05 must not look flat)."""
+    left, right, top, bottom = 58, 14, 30, 38
+    w, h = width - left - right, height - top - bottom
+    xs = [a for _, pts in series for a, _ in pts]
+    ys = [b for _, pts in series for _, b in pts]
+    x0, x1 = min(xs), max(xs)
+    x1 = x1 if x1 > x0 else x0 + 1
+    y0, y1 = min(ys), max(ys)
+    pad = (y1 - y0) * 0.08 or abs(y1) * 0.05 or 1.0
+    y0, y1 = y0 - pad, y1 + pad
+
+    def x(v: float) -> float:
+        return left + w * (v - x0) / (x1 - x0)
+
+    def y(v: float) -> float:
+        return top + h - h * (v - y0) / (y1 - y0)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+             f'role="img" aria-label="training loss: {escape(term)}" class="loss">',
+             f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff" stroke="#e4e6ea"/>',
+             f'<text x="{left}" y="18" font-size="13" font-weight="bold" fill="#1d232a">{escape(term)}</text>']
+    for j in range(5):
+        v = y0 + (y1 - y0) * j / 4
+        parts.append(f'<line x1="{left}" y1="{y(v):.1f}" x2="{left + w}" y2="{y(v):.1f}" stroke="#eceef1"/>')
+        parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end" fill="#556">{v:.4g}</text>')
+    step = max(1, math.ceil((x1 - x0) / 6))
+    for v in range(int(x0), int(x1) + 1, step):
+        parts.append(f'<text x="{x(v):.1f}" y="{top + h + 15}" font-size="10" text-anchor="middle" fill="#556">{v}</text>')
+    parts.append(f'<text x="{left + w / 2:.1f}" y="{height - 5}" font-size="11" text-anchor="middle" fill="#334">optimizer step</text>')
+    for k, pts in series:
+        color = _ITER_COLORS[k % len(_ITER_COLORS)]
+        d = " ".join(f"{'M' if j == 0 else 'L'}{x(a):.1f},{y(b):.1f}" for j, (a, b) in enumerate(pts))
+        parts.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="2"/>')
+        if len(pts) <= 60:  # points with their values on hover, while they stay apart
+            parts += [f'<circle cx="{x(a):.1f}" cy="{y(b):.1f}" r="3" fill="{color}"><title>iteration {k}, step {a:g}: '
+                      f'{b:.5g}</title></circle>' for a, b in pts]
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _owner(run: dict, it: dict) -> int:
+    return it.get("run_id", run["id"])
+
+
+def _preds(store, owner: int, k: int, phase: str) -> dict[str, dict]:
+    return {p["example_id"]: p for p in store.list_predictions(owner, k, phase) if p["sample"] == 0}
+
+
+def _train_info(store, owner: int, k: int) -> dict:
+    return next((d["info"] or {} for d in store.step_details(owner, k) if d["step"] == "train"), {})
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _loss_section(store, run: dict, its: list[dict]) -> list[str]:
+    hist = {it["k"]: _train_info(store, _owner(run, it), it["k"]).get("history") or [] for it in its}
+    trained = {k: rows for k, rows in hist.items() if rows}
+    h = ["<h2 id=loss>Training loss per iteration</h2>"]
+    untrained = [str(k) for k in hist if k not in trained]
+    if not trained:
+        return h + ["<p class=meta>No loss history: no iteration trained (or this run predates the per-step history "
+                    "that the train step records).</p>"]
+    terms = [t for t in _TERMS if any(t in r for rows in trained.values() for r in rows)]
+    h.append("<p class=meta>Every term of the training objective per optimizer step (the loss weights multiply them "
+             "in the total); one line per iteration."
+             + (f" Not trained: iteration {', '.join(untrained)} (nothing accepted, or the dataset did not change)."
+                if untrained else "") + "</p>")
+    # one legend for every panel: an iteration has the same colour in each
+    h.append("<p class=legend>" + " ".join(f"<span style='color:{_ITER_COLORS[k % len(_ITER_COLORS)]}'>&#9632;</span> "
+                                         f"iteration {k}" for k in trained) + "</p><div class=panels>")
+    for term in terms:
+        series = [(k, [(r["step"], r[term]) for r in rows if r.get(term) is not None]) for k, rows in trained.items()]
+        h.append(curves_svg(term, [(k, pts) for k, pts in series if pts]))
+    h.append("</div>")
+    return h
+
+
+def _teacher_section(store, run: dict, its: list[dict]) -> list[str]:
+    h = ["<h2 id=teachers>Teacher calls, tokens and cost per iteration</h2>",
+         "<table><tr><th>k</th><th class=l>teacher</th><th>calls</th><th>new</th><th>cached</th><th>failed</th>"
+         "<th>requests</th><th>prompt tokens</th><th>completion tokens</th><th>latency p50 / p95</th><th>cost $</th></tr>"]
+    totals = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "calls": 0}
+    for it in its:
+        stats = store.teacher_call_stats(run["id"], it["k"])
+        for name, s in stats.items():
+            lat = "-" if s.get("latency_p50_s") is None else f"{s['latency_p50_s']:.2f}s / {s['latency_p95_s']:.2f}s"
+            h.append(f"<tr><td><a href='#iter-{it['k']}'>{it['k']}</a></td><td class=l>{escape(name)}</td><td>{s['calls']}</td>"
+                     f"<td>{s['ok']}</td><td>{s['cached']}</td><td>{s['failed']}</td><td>{s['requests']}</td>"
+                     f"<td>{s['prompt_tokens']}</td><td>{s['completion_tokens']}</td><td>{lat}</td><td>{s['cost_usd']:.4f}</td></tr>")
+            for key in totals:
+                totals[key] += s[key]
+        if not stats:
+            h.append(f"<tr><td>{it['k']}</td><td class=l>-</td><td>0</td><td></td><td></td><td></td><td></td><td></td>"
+                     "<td></td><td></td><td></td></tr>")
+    h.append(f"<tr><th>all</th><th class=l></th><th>{totals['calls']}</th><th></th><th></th><th></th><th></th>"
+             f"<th>{totals['prompt_tokens']}</th><th>{totals['completion_tokens']}</th><th></th><th>{totals['cost_usd']:.4f}</th></tr>")
+    h.append("</table><p class=meta>new: answered and recorded at this iteration (tokens and cost are theirs); cached: "
+             "answers reused from an earlier call, which cost nothing; requests: HTTP requests, retries included.</p>")
+    return h
+
+
+def _rejection_section(its: list[dict]) -> list[str]:
+    per = {it["k"]: it["metrics"].get("rejected") or {} for it in its}
+    total: dict[str, int] = {}
+    for counts in per.values():
+        for why, n in counts.items():
+            total[why] = total.get(why, 0) + n
+    h = ["<h2 id=rejections>Rejections by reason</h2>"]
+    if not total:
+        return h + ["<p class=meta>No rationale was rejected.</p>"]
+    top = max(total.values())
+    h.append("<table><tr><th class=l>reason</th><th class=l>what it means</th>"
+             + "".join(f"<th><a href='#iter-{k}'>k={k}</a></th>" for k in per) + "<th class=l>all</th></tr>")
+    for why, n in sorted(total.items(), key=lambda kv: (-kv[1], kv[0])):
+        h.append(f"<tr><td class=l><code>{escape(why)}</code></td><td class=l>{escape(REASONS.get(why, ''))}</td>"
+                 + "".join(f"<td>{per[k].get(why, '')}</td>" for k in per)
+                 + f"<td class=l><span class=bar style='width:{max(2, round(120 * n / top))}px'></span>{n}</td></tr>")
+    h.append("</table>")
+    return h
+
+
+def _flips(before: dict[str, dict], after: dict[str, dict]) -> list[tuple[str, str]]:
+    """(example id, "fixed" | "broken") for greedy answers whose correctness
+    changed; for dev this is evaluate's fixed/broken (the same comparison)."""
+    out = []
+    for eid, p in after.items():
+        was = before.get(eid, {}).get("correct")
+        if was is False and p["correct"] is True:
+            out.append((eid, "fixed"))
+        elif was is True and p["correct"] is False:
+            out.append((eid, "broken"))
+    return sorted(out, key=lambda x: (x[1] != "fixed", x[0]))
+
+
+def _ans(p: dict) -> str:
+    a = p.get("answer")
+    return "no answer" if a is None else escape(str(a))
+
+
+def _pre(text: str | None) -> str:
+    text = text or ""
+    more = f"\n… ({len(text) - _MAX_TEXT} more characters)" if len(text) > _MAX_TEXT else ""
+    return f"<pre>{escape(text[:_MAX_TEXT] + more)}</pre>"
+
+
+def _drilldown(store, run: dict, k: int, eid: str, label: str, ex: dict, before: dict, after: dict,
+               told: dict[str, list[dict]], changed: set[str], is_open: bool) -> str:
+    """One flipped example's story at iteration k, as a <details> element.
+    `told`: `_checked` of k; `changed`: the examples whose demonstrations version k changed."""
+    dev = ex.get("split") == "dev"
+    q = ex.get("question", eid)
+    short = q if len(q) <= 110 else q[:107] + "…"
+    gold = escape(str(ex.get("answer")))
+    when = "baseline" if k == 0 else f"iteration {k - 1}"
+    h = [f"<details class=ex id='ex-{k}-{escape(eid)}'{' open' if is_open else ''}><summary>"
+         f"<span class='tag {label}'>{label}</span> <span class=tag>{'dev' if dev else 'pool'}</span> "
+         f"{escape(short)} <b>{_ans(before)} → {_ans(after)}</b> (gold {gold})</summary>",
+         f"<div class=story><h4>Question</h4>{_pre(q)}<div class=meta>gold answer {gold} · example <code>{escape(eid)}</code></div>",
+         f"<h4>The student's answer before ({when}): {_ans(before)}"
+         f"{' (wrong)' if before.get('correct') is False else ' (right)' if before.get('correct') else ''}</h4>{_pre(before.get('output'))}"]
+    if dev:
+        h.append("<h4>Refinement</h4><p class=meta>A dev example is held out: no teacher is asked about it and it is "
+                 "never trained on; it flipped through what the student learned from the pool.</p>")
+    else:
+        asked = told.get(eid, [])
+        what = "Seed rationales" if k == 0 else "Refinements"  # iteration 0 asks for first rationales
+        h.append(f"<h4>{what} at iteration {k} ({len(asked)})</h4>")
+        if not asked:
+            h.append("<p class=meta>No rationale for it was checked at this iteration.</p>")
+        for r in asked:
+            verdict = ("<span class='tag accepted'>accepted</span>" if r["verdict"]["accepted"] else
+                       f"<span class='tag rejected'>rejected</span> <code>{escape(str(r['verdict']['rejected_reason']))}</code>: "
+                       f"{escape(REASONS.get(r['verdict']['rejected_reason'] or '', ''))}")
+            wrong = ""
+            if r.get("error_prediction"):
+                p = store.get_prediction(r["error_prediction"]) or {}
+                wrong = f" · written for the wrong answer: {_ans(p)}"
+            h.append(f"<div>{verdict} <span class=meta>from {escape(r['source'])}{wrong}</span>{_pre(r['text'])}</div>")
+        demos = store.dataset_for(run["id"], k, [eid]).get(eid) or []
+        texts = store.get_rationales([rid for rid, _ in demos])
+        h.append(f"<h4>Trained on (dataset version {k}{', changed at this iteration' if eid in changed else ', unchanged'})</h4>"
+                 + ("".join(_pre((texts.get(rid) or {}).get("text")) for rid, _ in demos) if demos
+                    else "<p class=meta>Not in the dataset: no rationale for it accepted yet.</p>"))
+    h.append(f"<h4>The answer after training (iteration {k}): {_ans(after)}"
+             f"{' (right)' if after.get('correct') else ' (wrong)'}</h4>{_pre(after.get('output'))}</div></details>")
+    return "".join(h)
+
+
+def _checked(store, owner: int, k: int) -> dict[str, list[dict]]:
+    """The rationales verify/agree judged at iteration k, per example, each with
+    that iteration's verdict (a text's latest verdict may be a later one's)."""
+    verdicts = store.verdicts(run_id=owner, k=k)
+    rats = store.get_rationales([v["rationale_id"] for v in verdicts])
+    out: dict[str, list[dict]] = {}
+    for v in verdicts:
+        r = rats.get(v["rationale_id"])
+        if r:
+            out.setdefault(r["example_id"], []).append(r | {"verdict": v})
+    return out
+
+
+# --------------------------------------------------------------------------- the page
 
 
 def build_report(store, run_name: str | None) -> str:
@@ -110,9 +328,12 @@ def build_report(store, run_name: str | None) -> str:
     if run.get("parent_run") is not None:
         pr = store.get_run(run["parent_run"])
         parent = f" · replay of <b>{escape(pr['name'])}</b> from iteration {run['parent_k']}"
+    loss = cfg.get("loss", {})
     h.append(f"<p class=meta>status {escape(str(run['status']))} · created {escape(str(run['created']))}{parent}<br>"
              f"student <b>{escape(str(cfg.get('student', {}).get('name')))}</b> · teachers {teachers} · "
-             f"task {escape(str(cfg.get('task', {}).get('kind')))} · combine {escape(str(cfg.get('loop', {}).get('combine')))}</p>")
+             f"task {escape(str(cfg.get('task', {}).get('kind')))} · combine {escape(str(cfg.get('loop', {}).get('combine')))}"
+             f" · loss weights " + escape(", ".join(f"{t} {loss.get(t)}" for t in ("sft", "kd", "contrastive", "feature")))
+             + "</p>")
     best = best_k(its)
     result = next((it["metrics"].get("dev_acc") for it in its if it["k"] == best), None)
     if its:
@@ -122,8 +343,12 @@ def build_report(store, run_name: str | None) -> str:
                  f"<span class={cls}>({signed_pts(gain)})</span>: the result is <b>iteration {best}</b>, the best "
                  f"of {len(its)} iterations (stopped: {escape(str(its[-1].get('stop_reason') or 'not yet'))}); "
                  f"teacher spend ${store.spend(run['id']):.4f}.</p>")
+    h.append("<nav><a href='#plot'>accuracy</a><a href='#loss'>loss</a><a href='#table'>iterations</a>"
+             "<a href='#teachers'>teachers</a><a href='#rejections'>rejections</a>"
+             + (f"<a href='#iter-{its[0]['k']}'>examples that flipped</a>" if its else "") + "</nav>")
     h.append("<h2 id=plot>Dev accuracy per iteration</h2>")
     h.append(plot_svg(pts, pool_pts))
+    h += _loss_section(store, run, its)
     h.append("<h2 id=table>Iterations</h2><table><tr><th>k</th><th>dev acc</th><th>change</th><th>pool acc</th>"
              "<th>errors mined</th><th>refinements asked / accepted</th><th>rationales accepted</th><th>dataset</th>"
              "<th>teacher calls (cached)</th><th>spend $</th><th>time</th><th class=l>stop</th></tr>")
@@ -145,12 +370,15 @@ def build_report(store, run_name: str | None) -> str:
             f"<td title='{escape(', '.join(f'{s} {secs(v)}' for s, v in times.items()))}'>{secs(tt)}</td>"
             f"<td class=l>{escape(it.get('stop_reason') or '')}</td></tr>")
     h.append("</table>")
+    h += _teacher_section(store, run, its)
+    h += _rejection_section(its)
 
-    prev_preds = {p["example_id"]: p for p in store.list_predictions(its[0].get("run_id", run["id"]), 0, "baseline")
-                  if p["sample"] == 0} if its else {}
+    # iteration 0 starts from the untrained student: its dev baseline and the pool answers it mined
+    before = (_preds(store, _owner(run, its[0]), 0, "mine") | _preds(store, _owner(run, its[0]), 0, "baseline")) if its else {}
+    first_open = True
     for i, it in enumerate(its):
         m = it["metrics"]
-        k = it["k"]
+        k, owner = it["k"], _owner(run, it)
         nav = []
         if i > 0:
             nav.append(f"<a href='#iter-{its[i - 1]['k']}'>← iteration {its[i - 1]['k']}</a>")
@@ -164,19 +392,19 @@ def build_report(store, run_name: str | None) -> str:
                  f"rejected: {escape(reasons(m.get('rejected')))} · "
                  f"train loss {_num(m.get('loss_first'))} → {_num(m.get('loss_last'))} · "
                  + escape(", ".join(f"{s} {secs(v)}" for s, v in times.items())) + "</p>")
-        now = _preds(store, run, it, "eval")
-        fixed, broken = m.get("fixed") or [], m.get("broken") or []
-        h.append(f"<h3>Dev examples that flipped: {len(fixed)} fixed, {len(broken)} broken</h3>")
-        for label, ids in (("fixed", fixed), ("broken", broken)):
-            for eid in ids[:12]:
-                ex = examples.get(eid, {})
-                before, after = prev_preds.get(eid, {}), now.get(eid, {})
-                h.append(f"<div class=ex id='ex-{k}-{escape(eid[:12])}'><span class=tag>{label}</span> "
-                         f"<b>{escape(ex.get('question', eid))}</b> (gold {escape(str(ex.get('answer')))})"
-                         f"<div>before: answer {escape(str(before.get('answer')))}<pre>{escape((before.get('output') or '')[:400])}</pre></div>"
-                         f"<div>after: answer {escape(str(after.get('answer')))}<pre>{escape((after.get('output') or '')[:400])}</pre></div></div>")
+        now = _preds(store, owner, k, "eval")
+        flips = _flips(before, now)
+        n_dev = sum(1 for eid, _ in flips if examples.get(eid, {}).get("split") == "dev")
+        fixed = sum(1 for _, label in flips if label == "fixed")
+        h.append(f"<h3>Examples that flipped: {fixed} fixed, {len(flips) - fixed} broken "
+                 f"({n_dev} dev, {len(flips) - n_dev} pool)</h3>")
+        told = _checked(store, owner, k) if flips else {}
+        changed = set(store.changed_examples(owner, k)) if flips else set()
+        for eid, label in flips:
+            h.append(_drilldown(store, run, k, eid, label, examples.get(eid, {}), before.get(eid, {}), now[eid],
+                                told, changed, first_open))
+            first_open = False  # the first drill-down of the page is open: it shows what the others hold
         if k > 0:
-            owner = it.get("run_id", run["id"])
             # accepted at this iteration (a text's latest verdict may be a later one's)
             ok = [v["rationale_id"] for v in store.verdicts(run_id=owner, k=k) if v["accepted"]]
             refined = [r for r in store.get_rationales(ok).values() if r.get("error_prediction")]
@@ -186,10 +414,10 @@ def build_report(store, run_name: str | None) -> str:
                 ex = examples.get(r["example_id"], {})
                 wrong = store.get_prediction(r["error_prediction"]) or {}
                 h.append(f"<div class=ex><b>{escape(ex.get('question', ''))}</b> (gold {escape(str(ex.get('answer')))}, "
-                         f"source {escape(r['source'])})<div>student's wrong answer ({escape(str(wrong.get('answer')))}):"
+                         f"source {escape(r['source'])})<div>student's wrong answer ({_ans(wrong)}):"
                          f"<pre>{escape((wrong.get('output') or '')[:400])}</pre></div>"
                          f"<div>refined demonstration:<pre>{escape(r['text'][:600])}</pre></div></div>")
-        prev_preds = now
+        before = now
     h.append("<p class=meta>Generated by <code>distillery report</code>.</p></body></html>")
     return "".join(h)
 
@@ -204,4 +432,4 @@ def write_report(store, run_name: str | None, output: str | Path) -> Path:
     return out
 
 
-__all__ = ["build_report", "write_report", "plot_svg"]
+__all__ = ["build_report", "write_report", "plot_svg", "curves_svg"]

@@ -639,7 +639,7 @@ def train_step(o: "Orchestrator", k: int) -> dict:
     # starts from it; "ema" and "base" start from a copy of the student
     teacher = o.adapter_before(k) if o.cfg.loss.teacher_adapter == "previous" else None
     o.progress("train", 0, None)
-    bar = _TrainDisplay(o)
+    bar = _TrainDisplay(o, k)
     if o.cfg.train.processes > 1:
         from .train_job import run_job, write_inputs
 
@@ -673,21 +673,30 @@ def train_step(o: "Orchestrator", k: int) -> dict:
     info = {"examples": len(examples), "steps": res.steps, "adapter": o.rel(res.adapter_dir),
             "length": lengths.as_dict(), "processes": o.cfg.train.processes,
             "adapter_sha256": res.adapter_sha256,
-            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
+            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+            # every step's loss terms, for the report's curves: the trainer's copy lives only in the
+            # newest checkpoint, which a re-run with another config deletes
+            "history": [{t: h[t] for t in ("step", "total", "sft", "kd", "contrastive", "feature") if t in h}
+                        for h in res.history]}
     o.commit_step(k, "train", info, lambda: None)
     return info
 
 
 class _TrainDisplay:
-    """Training progress for the heartbeat (`status`) and, for a job, the
-    trainer's own bar drawn from the steps the job streams."""
+    """Training progress for the heartbeat (`status`) and the trackers
+    ([track]: both training paths end here, so both log the same), and, for a
+    job, the trainer's own bar drawn from the steps the job streams."""
 
-    def __init__(self, o: "Orchestrator"):
+    def __init__(self, o: "Orchestrator", k: int):
+        from .tracking import train_logger
+
         self.o = o
         self.bar = None
+        self.track = train_logger(o, k)
 
     def progress(self, record: dict, total: int) -> None:
         self.o.progress("train", int(record["step"]), total)
+        self.track(record)
 
     def step(self, record: dict, total: int) -> None:
         from student.train import progress_bar, update_bar

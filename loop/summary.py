@@ -1,11 +1,13 @@
 """What a person reads at the end of each iteration and of a run: a
 one-screen summary (dev accuracy and its change, errors mined, refinements
-asked/accepted, teacher spend, time per step) and the per-iteration table
-shared by `distillery run`, `status` and the README's demo output."""
+asked/accepted, teacher spend and each teacher's calls, time per step) and the
+per-iteration table shared by `distillery run`, `status` and the README's
+demo output."""
 
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -46,7 +48,24 @@ def secs(x) -> str:
     return f"{x:.1f}s" if x < 120 else f"{x / 60:.1f}m"
 
 
-def print_iteration(console: Console, k: int, m: dict, reason: str | None) -> None:
+def teacher_line(s: dict) -> str:
+    """One teacher's calls (a `Store.teacher_call_stats` entry) on one line:
+    the same words in the iteration summary, `show` and `status`."""
+    # the self teacher is not metered: no tokens, no latency (nothing to show rather than zeros)
+    tokens = (f"; tokens {s['prompt_tokens']} in, {s['completion_tokens']} out"
+              if s["prompt_tokens"] or s["completion_tokens"] else "")
+    lat = (f"; latency p50 {_latency(s['latency_p50_s'])}, p95 {_latency(s['latency_p95_s'])}"
+           if s.get("latency_p50_s") is not None else "")
+    return (f"{s['calls']} calls ({s['ok']} new, {s['cached']} cached, {s['failed']} failed), "
+            f"{s['requests']} requests{tokens}{lat}; ${s['cost_usd']:.4f}")
+
+
+def _latency(x: float) -> str:
+    return f"{1000 * x:.0f}ms" if x < 1 else f"{x:.2f}s"
+
+
+def print_iteration(console: Console, k: int, m: dict, reason: str | None, teachers: dict | None = None) -> None:
+    """`teachers`: `Store.teacher_call_stats(run, k)`, one row each."""
     t = Table(title=f"iteration {k}", show_header=False, box=None, pad_edge=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
@@ -63,6 +82,8 @@ def print_iteration(console: Console, k: int, m: dict, reason: str | None) -> No
     t.add_row("dataset", f"{m.get('dataset_size')} examples ({m.get('changed')} changed)")
     t.add_row("teachers", f"{m.get('teacher_calls')} new calls, {m.get('teacher_cached')} cached, "
               f"{m.get('teacher_failed')} failed; spend ${m.get('spend_usd') or 0:.4f} (run ${m.get('spend_total_usd') or 0:.4f})")
+    for name, stats in (teachers or {}).items():
+        t.add_row(f"  {escape(name)}", teacher_line(stats))  # a name is user text, not markup
     if m.get("train_skipped") == "unchanged":
         t.add_row("training", "skipped: the dataset did not change (loop.on_unchanged = \"skip\"); kept the previous adapter")
     else:

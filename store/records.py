@@ -564,3 +564,72 @@ class RecordsMixin:
             out.append(d)
         return out
 
+    # ------------------------------------------------------- teacher batches
+    # Batch jobs of batch teachers (m004; teachers/batch.py): one row per job,
+    # its lines by cache key.  Open = not finished: its results are not all in
+    # teacher_calls yet (status shows these, with their request counts).
+    _BATCH_COLS = ("id", "batch_id", "teacher", "model", "api_base", "input_file_id", "status", "total",
+                   "completed", "failed", "output_file_id", "error_file_id", "run_id", "k", "created", "updated",
+                   "finished")
+    _BATCH_UPDATABLE = {"batch_id", "status", "completed", "failed", "output_file_id", "error_file_id"}
+
+    def add_teacher_batch(self, *, teacher: str, model: str, api_base: str | None, input_file_id: str,
+                          keys: Iterable[str], run_id: int | None = None, k: int | None = None) -> int:
+        """A job about to be created at the provider (status 'submitting'), with its
+        lines; returns the row id."""
+        keys = list(dict.fromkeys(keys))
+        t = now()
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO teacher_batches (teacher, model, api_base, input_file_id, status, total, run_id, k,"
+                " created, updated) VALUES (?, ?, ?, ?, 'submitting', ?, ?, ?, ?, ?)",
+                (teacher, model, api_base, input_file_id, len(keys), run_id, k, t, t))
+            row_id = int(cur.lastrowid)
+            c.executemany("INSERT INTO teacher_batch_lines (batch, key) VALUES (?, ?)", [(row_id, x) for x in keys])
+        return row_id
+
+    def update_teacher_batch(self, row_id: int, *, finish: bool = False, **fields: Any) -> None:
+        """Set what the provider last said (batch_id, status, completed, failed,
+        output_file_id, error_file_id); `finish` marks its results as harvested."""
+        unknown = set(fields) - self._BATCH_UPDATABLE
+        if unknown:
+            raise TypeError(f"update_teacher_batch: unknown fields {sorted(unknown)}")
+        vals = {**fields, "updated": now()}
+        if finish:
+            vals["finished"] = vals["updated"]
+        with self.transaction() as c:
+            c.execute(f"UPDATE teacher_batches SET {', '.join(f'{f} = ?' for f in vals)} WHERE id = ?",
+                      (*vals.values(), row_id))
+
+    def get_teacher_batch(self, row_id: int) -> dict | None:
+        r = self.conn.execute(f"SELECT {', '.join(self._BATCH_COLS)} FROM teacher_batches WHERE id = ?",
+                              (row_id,)).fetchone()
+        return dict(zip(self._BATCH_COLS, r)) if r else None
+
+    def open_batches(self, *, teacher: str | None = None, run_id: int | None = None) -> list[dict]:
+        """Batch jobs whose results are not in yet, oldest first: for `status`
+        (status, total / completed / failed as last polled, created, updated)."""
+        sql = f"SELECT {', '.join(self._BATCH_COLS)} FROM teacher_batches WHERE finished IS NULL"
+        args: list[Any] = []
+        for col, v in (("teacher", teacher), ("run_id", run_id)):
+            if v is not None:
+                sql += f" AND {col} = ?"
+                args.append(v)
+        return [dict(zip(self._BATCH_COLS, r)) for r in self.conn.execute(sql + " ORDER BY id", args).fetchall()]
+
+    def teacher_batch_keys(self, row_id: int) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT key FROM teacher_batch_lines WHERE batch = ? ORDER BY rowid", (row_id,)).fetchall()]
+
+    def open_batch_lines(self, teacher: str, keys: Iterable[str]) -> dict[str, int]:
+        """{key: row id of the oldest open batch of `teacher` holding it} for the given keys."""
+        keys = list(dict.fromkeys(keys))
+        out: dict[str, int] = {}
+        for i in range(0, len(keys), 500):  # under SQLite's limit on bound parameters
+            chunk = keys[i:i + 500]
+            rows = self.conn.execute(
+                "SELECT l.key, MIN(b.id) FROM teacher_batch_lines l JOIN teacher_batches b ON b.id = l.batch"
+                f" WHERE b.teacher = ? AND b.finished IS NULL AND l.key IN ({', '.join('?' * len(chunk))})"
+                " GROUP BY l.key", (teacher, *chunk)).fetchall()
+            out.update({k: int(b) for k, b in rows})
+        return out

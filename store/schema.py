@@ -223,6 +223,48 @@ def m003_example_removals(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m004_teacher_batches(conn: sqlite3.Connection) -> None:
+    conn.executescript(
+        """
+        -- Batch jobs of batch teachers (teachers/batch.py).  A row is written
+        -- before the batch is created at the provider (batch_id NULL until the
+        -- provider answers), so a restarted run finds the job it submitted and
+        -- polls it instead of paying for it twice.  status is the provider's
+        -- (validating, in_progress, finalizing, cancelling, completed, expired,
+        -- cancelled, failed) or 'submitting' / 'lost' (never reached the provider);
+        -- finished is set once its results are in teacher_calls.
+        CREATE TABLE teacher_batches (
+            id INTEGER PRIMARY KEY,
+            batch_id TEXT UNIQUE,              -- the provider's id
+            teacher TEXT NOT NULL,
+            model TEXT NOT NULL,
+            api_base TEXT,
+            input_file_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            total INTEGER NOT NULL,            -- request counts, as last polled
+            completed INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            output_file_id TEXT,
+            error_file_id TEXT,
+            run_id INTEGER,
+            k INTEGER,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL,
+            finished TEXT
+        );
+        CREATE INDEX teacher_batches_open ON teacher_batches(teacher, finished);
+        -- The requests of a batch: custom_id = the teacher_calls cache key.
+        CREATE TABLE teacher_batch_lines (
+            batch INTEGER NOT NULL REFERENCES teacher_batches(id),
+            key TEXT NOT NULL,
+            PRIMARY KEY (batch, key)
+        );
+        CREATE INDEX teacher_batch_lines_key ON teacher_batch_lines(key);
+        """
+    )
+
+
 def _state(conn: sqlite3.Connection) -> tuple[dict[str, str], list[str]]:
     """({migration: when applied} as recorded, the file's other tables)."""
     tables = [r[0] for r in conn.execute(

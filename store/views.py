@@ -1,4 +1,5 @@
-"""Derived views: the diff of two iterations and the lineage of one example.
+"""Derived views: the diff of two iterations, the lineage of one example, and
+the teacher calls of an iteration (one row each, and per-teacher numbers).
 
 Each view reads inside one snapshot (`Store.snapshot()`), so a writer
 committing an iteration meanwhile is seen either wholly or not at all.
@@ -6,6 +7,9 @@ committing an iteration meanwhile is seen either wholly or not at all.
 
 from __future__ import annotations
 
+import json
+import math
+from collections import Counter
 from typing import Any
 
 from .errors import NotFound
@@ -13,6 +17,25 @@ from .errors import NotFound
 # Which predictions decide "became correct" / "regressed": the greedy answer
 # (sample 0) at the `evaluate` step.
 EVAL_PHASE = "eval"
+
+# The columns of a teacher call as views show it (not the request and response
+# bodies: `get_teacher_call(key)` has those).
+CALL_COLUMNS = (
+    "key", "teacher", "model", "template", "prompt_version", "status", "error_type", "error", "attempts",
+    "latency_s", "prompt_tokens", "completion_tokens", "cost_usd", "run_id", "k", "created", "updated",
+)
+_CALL_SQL = f"SELECT {', '.join(CALL_COLUMNS)} FROM teacher_calls"
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-quantile (0..1) with linear interpolation between ranks (numpy's default)."""
+    if not values:
+        return None
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 class ViewsMixin:
@@ -143,23 +166,16 @@ class ViewsMixin:
                     self._RAT_SQL + " WHERE r.example_id = ? ORDER BY r.rowid", (example_id,)
                 )
             ]
-            # the calls that wrote each rationale, and the judge calls that rejected one
+            # the calls that wrote each rationale, the judge calls that rejected one,
+            # then the failed calls about it (no rationale came back to refer to them)
             keys = [key for r in rats for key in (r["teacher_call"], r["verify_call"]) if key]
             calls = []
             for key in dict.fromkeys(keys):
-                c = self.conn.execute(
-                    "SELECT key, teacher, model, template, prompt_version, status, error_type, error, attempts,"
-                    " latency_s, prompt_tokens, completion_tokens, cost_usd, run_id, k, created"
-                    " FROM teacher_calls WHERE key = ?",
-                    (key,),
-                ).fetchone()
+                c = self.conn.execute(_CALL_SQL + " WHERE key = ?", (key,)).fetchone()
                 if c:
-                    cols = (
-                        "key", "teacher", "model", "template", "prompt_version", "status", "error_type", "error",
-                        "attempts", "latency_s", "prompt_tokens", "completion_tokens", "cost_usd", "run_id", "k",
-                        "created",
-                    )
-                    calls.append(dict(zip(cols, c)))
+                    calls.append(dict(zip(CALL_COLUMNS, c)))
+            seen = set(keys)
+            calls += [c for c in self._failed_calls_about(ex["question"]) if c["key"] not in seen]
             versions: dict[tuple[int, int], list] = {}
             for run_id, k, rid, w in self.conn.execute(
                 "SELECT run_id, k, rationale_id, weight FROM dataset_entries WHERE example_id = ?"
@@ -183,3 +199,102 @@ class ViewsMixin:
                 "teacher_calls": calls,
                 "dataset": dataset,
             }
+
+    # ------------------------------------------------------------------ teacher calls
+    def _failed_calls_about(self, question: str) -> list[dict]:
+        """The failed calls whose prompt quotes `question`.  A failed call has no
+        rationale, so nothing refers to it by key; what ties it to an example is
+        its request, which holds the rendered prompt (stored as canonical JSON,
+        hence the question is searched JSON-escaped).  A question quoted inside
+        another, longer question would match both."""
+        quoted = json.dumps(question, ensure_ascii=False)[1:-1]
+        rows = self.conn.execute(
+            _CALL_SQL + " WHERE status != 'ok' AND instr(request, ?) > 0 ORDER BY created, key", (quoted,)
+        )
+        return [dict(zip(CALL_COLUMNS, r)) for r in rows]
+
+    def list_teacher_calls(self, run_id: int, k: int, *, teacher: str | None = None,
+                           status: str | None = None) -> list[dict]:
+        """The calls recorded at iteration k of the run (inherited k: the
+        parent's), oldest first; optionally one teacher's, or one status
+        ("ok" | "error").  A cached answer reused at k is not a row of k: the
+        row belongs to the iteration that made the call."""
+        with self.snapshot():
+            sql, args = _CALL_SQL + " WHERE run_id = ? AND k = ?", [self._owner(run_id, k), k]
+            if teacher is not None:
+                sql, args = sql + " AND teacher = ?", args + [teacher]
+            if status is not None:
+                sql, args = sql + " AND status = ?", args + [status]
+            return [dict(zip(CALL_COLUMNS, r)) for r in self.conn.execute(sql + " ORDER BY created, key", args)]
+
+    def teacher_call_stats(self, run_id: int, k: int | None = None) -> dict[str, dict]:
+        """Per teacher, the calls of iteration k (None: of all the run's own
+        iterations): {teacher: {calls, requests, ok, cached, failed,
+        prompt_tokens, completion_tokens, latency_p50_s, latency_p95_s,
+        cost_usd}}, teachers by name.
+
+        `ok` / `failed`: the rows recorded at k (answered / failed after its
+        retries); `requests`: the HTTP requests they took, retries included
+        (what the provider saw); `cached`: answers reused from a call of an
+        earlier iteration or run, which make no row (see `_cached`); `calls` =
+        ok + failed + cached.  Tokens and cost are those of the rows (a cached
+        answer is not paid again); latency is of the answered calls (the
+        attempt that succeeded).  One row per cache key holds its latest
+        outcome, so a failed call asked again later counts where it was last
+        asked, with every attempt it took."""
+        with self.snapshot():
+            if k is None:
+                where, args = "run_id = ?", [run_id]
+                ks = [r[0] for r in self.conn.execute("SELECT k FROM iterations WHERE run_id = ?", (run_id,))]
+                cached: Counter = Counter()
+                for kk in ks:
+                    cached.update(self._cached(run_id, kk))
+            else:
+                owner = self._owner(run_id, k)
+                where, args = "run_id = ? AND k = ?", [owner, k]
+                cached = self._cached(owner, k)
+            out: dict[str, dict] = {}
+            latencies: dict[str, list[float]] = {}
+            for teacher, status, attempts, latency, pt, ct, cost in self.conn.execute(
+                "SELECT teacher, status, attempts, latency_s, prompt_tokens, completion_tokens, cost_usd"
+                f" FROM teacher_calls WHERE {where}", args,
+            ):
+                s = out.setdefault(teacher, _empty_stats())
+                s["ok" if status == "ok" else "failed"] += 1
+                s["requests"] += attempts or 0
+                s["prompt_tokens"] += pt or 0
+                s["completion_tokens"] += ct or 0
+                s["cost_usd"] += cost or 0.0
+                if status == "ok" and latency is not None:
+                    latencies.setdefault(teacher, []).append(latency)
+            for teacher, n in cached.items():
+                out.setdefault(teacher, _empty_stats())["cached"] = n
+            for teacher, s in out.items():
+                s["calls"] = s["ok"] + s["failed"] + s["cached"]
+                s["latency_p50_s"] = percentile(latencies.get(teacher, []), 0.50)
+                s["latency_p95_s"] = percentile(latencies.get(teacher, []), 0.95)
+            return {t: out[t] for t in sorted(out)}
+
+    def _cached(self, owner: int, k: int) -> Counter:
+        """{teacher: answers reused from the cache at (owner, k)}.  A cache hit
+        writes no row, so it is counted from what the steps recorded: teach's
+        info lists one rationale per answer with its teacher, verify's judge
+        info counts its answers, and what is not a row recorded at k came from
+        the cache.  An answer from a call that an interrupted attempt of this
+        same iteration made counts as new: it was paid for here."""
+        infos = {d["step"]: d["info"] or {} for d in self.step_details(owner, k)}
+        answered = Counter(r.get("teacher") for r in infos.get("teach", {}).get("rationales", []))
+        judge = infos.get("verify", {}).get("judge") or {}
+        if judge:
+            name = ((self.get_run(owner)["config"] or {}).get("verify") or {}).get("teacher")
+            answered[name] += (judge.get("calls") or 0) + (judge.get("cached") or 0)
+        new = Counter(dict(self.conn.execute(
+            "SELECT teacher, COUNT(*) FROM teacher_calls WHERE run_id = ? AND k = ? AND status = 'ok' GROUP BY teacher",
+            (owner, k),
+        ).fetchall()))
+        return Counter({t: n - new[t] for t, n in answered.items() if t is not None and n > new[t]})
+
+
+def _empty_stats() -> dict:
+    return {"calls": 0, "requests": 0, "ok": 0, "cached": 0, "failed": 0, "prompt_tokens": 0,
+            "completion_tokens": 0, "latency_p50_s": None, "latency_p95_s": None, "cost_usd": 0.0}

@@ -11,7 +11,7 @@ y is tokenized once and appended to every context, so token j of y is the same
 id everywhere.  The logit that predicts y_j sits at position (prompt_len + j − 1)
 of each sequence; `collate` records those positions per row so the trainer can
 gather student and teacher logits into one [B, L] completion grid where index j
-means "y_j" for everybody (`student/teacher.py: aligned_forward`).  Batches are
+means "y_j" for everybody (`student/teacher.py: aligned_hidden`).  Batches are
 right-padded (positions then start at 0 in every row, like an unpadded run).
 
 Lengths (the rule of student/lengths.py): nothing is truncated.  A row keeps

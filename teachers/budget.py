@@ -3,7 +3,8 @@
 Cost: the configured per-token prices when the teacher has them (local or
 unknown models), otherwise LiteLLM's price table (`litellm.completion_cost`,
 bundled copy: LITELLM_LOCAL_MODEL_COST_MAP).  A model with neither is free
-(a local server): cost 0, and the budget never stops it.
+(a local server): cost 0, and the budget never stops it.  A batch teacher's
+lines cost `batch_prices`: the table's batch prices, else half.
 
 Budget: a call reserves its worst case (prompt tokens + max_tokens at the
 model's prices) when it starts, and `settle` replaces the reservation by the
@@ -52,6 +53,26 @@ def prices(cfg: TeacherConfig) -> tuple[float, float] | None:
     if inp is None and out is None:
         return None
     return (float(inp or 0.0), float(out or 0.0))
+
+
+def batch_prices(cfg: TeacherConfig, p: tuple[float, float] | None) -> tuple[float, float] | None:
+    """(input, output) USD per token at the batch price, `p` = prices(cfg): the
+    price table's `input/output_cost_per_token_batches` where it has them, else
+    half of `p` (configured prices are always halved).  The rule of LiteLLM's
+    cost_calculator.batch_cost_calculator for text tokens, looked up once per
+    teacher instead of once per line."""
+    if p is None:
+        return None
+    if cfg.input_cost_per_token is not None or cfg.output_cost_per_token is not None:
+        return (p[0] / 2, p[1] / 2)
+    import litellm
+
+    try:
+        info = litellm.get_model_info(cfg.model)
+    except Exception:
+        info = {}
+    inp, out = info.get("input_cost_per_token_batches"), info.get("output_cost_per_token_batches")
+    return (p[0] / 2 if inp is None else float(inp), p[1] / 2 if out is None else float(out))
 
 
 def estimate_cost(cfg: TeacherConfig, messages: list[dict], p: tuple[float, float] | None) -> float:

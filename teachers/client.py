@@ -14,6 +14,12 @@ redacted (teachers.config.redact), the key read from api_key_env included.
 
 LiteLLM's own retries are turned off (`max_retries=0`, `num_retries=0`) so
 that every HTTP attempt is one of ours: counted, backed off, and bounded.
+
+A teacher with deployments sends through its litellm.Router instead
+(teachers/router.py): same key, budget, limits and retries around each
+Router call, which fails over between deployments inside (each deployment it
+gave up on counts as an attempt).  `prepare` names a call (cache key, what is
+recorded) for this path and the batch path (teachers/batch.py) alike.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
@@ -33,6 +39,7 @@ from .budget import Budget, call_cost, estimate_cost, estimate_prompt_tokens, pr
 from .config import TeacherConfig, redact
 from .errors import FATAL, RETRYABLE, TeacherAuthError, TeacherBadRequest, TeacherBadResponse, TeacherError, translate
 from .limits import RateLimiter
+from .router import answered_by, build_router, routed_attempts
 
 # A local OpenAI-compatible server needs *some* key in the Authorization header;
 # sending a dummy one keeps a real OPENAI_API_KEY from leaking to it.
@@ -53,6 +60,15 @@ class CallResult:
     tag: Any = None  # the request's tag, echoed back for the caller's bookkeeping
 
 
+@dataclass
+class Prepared:
+    """A call named but not made: its cache key and what its outcome is recorded with."""
+    key: str
+    messages: list[dict]
+    params: dict[str, Any]
+    record: dict[str, Any]  # keyword arguments of cache.record shared by every outcome
+
+
 @functools.cache  # once per process: setLevel walks every logger, and this sits on each call's path
 def _import_litellm():
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -64,6 +80,20 @@ def _import_litellm():
     # worker) as warnings; we record failures ourselves, with the teacher's name.
     logging.getLogger("LiteLLM").setLevel(logging.ERROR)
     return litellm
+
+
+def endpoint_key(teacher: str, api_key_env: str | None, api_base: str | None) -> str | None:
+    """An endpoint's key from the environment (never stored).  None lets LiteLLM
+    use the provider's standard variable."""
+    if api_key_env:
+        val = os.environ.get(api_key_env)
+        if not val:
+            raise TeacherAuthError(f"environment variable {api_key_env} is not set; export {api_key_env}=<your key> "
+                                   f"(api_key_env in distillery.toml names it)", teacher=teacher)
+        return val
+    if api_base:
+        return LOCAL_DUMMY_KEY
+    return None
 
 
 def litellm_pricing(cfg: TeacherConfig, p: tuple[float, float] | None) -> dict[str, Any]:
@@ -100,8 +130,9 @@ class TeacherClient:
         self._limiter: RateLimiter | None = None
         self._limiter_loop: asyncio.AbstractEventLoop | None = None
         self.http_attempts = 0  # every LiteLLM request this client made
-        self._prices = prices(cfg)  # looked up once: LiteLLM's table lookups are slow for unknown models
+        self.prices = prices(cfg)  # looked up once: LiteLLM's table lookups are slow for unknown models
         self._known_versions: set[str] = set()  # prompt versions seen in the store (rows are never deleted)
+        self._router: Any = None  # litellm.Router over cfg.deployments, built on first use
 
     # -- parameters ---------------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -113,23 +144,13 @@ class TeacherClient:
         return p
 
     def secrets(self) -> tuple[str, ...]:
-        """Values that must never be stored: the key in the api_key_env variable."""
-        val = os.environ.get(self.cfg.api_key_env) if self.cfg.api_key_env else None
-        return (val,) if val else ()
+        """Values that must never be stored: the keys in the api_key_env variables
+        (the teacher's, or each deployment's)."""
+        return tuple(v for d in self.cfg.endpoints() if d.api_key_env and (v := os.environ.get(d.api_key_env)))
 
     def api_key(self) -> str | None:
-        """The key from the environment (never stored).  None lets LiteLLM use the
-        provider's standard variable."""
-        env = self.cfg.api_key_env
-        if env:
-            val = os.environ.get(env)
-            if not val:
-                raise TeacherAuthError(f"environment variable {env} is not set; export {env}=<your key> "
-                                       f"(api_key_env in distillery.toml names it)", teacher=self.cfg.name)
-            return val
-        if self.cfg.api_base:
-            return LOCAL_DUMMY_KEY
-        return None
+        """The key of the teacher's own endpoint, from the environment (never stored)."""
+        return endpoint_key(self.cfg.name, self.cfg.api_key_env, self.cfg.api_base)
 
     @property
     def limiter(self) -> RateLimiter:
@@ -142,6 +163,12 @@ class TeacherClient:
             self._limiter_loop = loop
         return self._limiter
 
+    def retrying(self) -> AsyncRetrying:
+        """Tenacity over the transient kinds, with this teacher's attempts and
+        backoff (the batch path's file and batch requests use it too)."""
+        return AsyncRetrying(stop=stop_after_attempt(self.cfg.max_retries + 1), wait=self._wait,
+                             retry=retry_if_exception_type(RETRYABLE), reraise=True)
+
     def _wait(self, retry_state) -> float:
         base = wait_exponential_jitter(multiplier=self.cfg.backoff_initial_s, max=self.cfg.backoff_max_s,
                                        jitter=self.cfg.backoff_initial_s)(retry_state)
@@ -152,14 +179,14 @@ class TeacherClient:
         return base
 
     # -- the call -------------------------------------------------------------
-    async def complete(self, messages: list[dict], *, template: Any = None, prompt_version: str | None = None,
-                       sample_index: int = 0, run_id: int | None = None, k: int | None = None,
-                       tag: Any = None, stop_event: asyncio.Event | None = None) -> CallResult:
-        """One cached, budgeted, rate-limited, retried completion.
+    def prepare(self, messages: list[dict], *, template: Any = None, prompt_version: str | None = None,
+                sample_index: int = 0, run_id: int | None = None, k: int | None = None) -> Prepared:
+        """The cache key of a call and what its outcome is recorded with; the
+        synchronous and the batch path (teachers/batch.py) share it, so a
+        result lands under the same key whichever path fetched it.
 
         `template` is a template name or a prompts.Template (then its version is
-        recorded and used).  Returns status "ok" or "error" (transient errors
-        exhausted); raises TeacherAuthError / TeacherBadRequest / BudgetExceeded."""
+        recorded and used)."""
         cfg = self.cfg
         template_name = template
         # the prompt version must be in the store (teacher_calls refers to it); checked
@@ -177,27 +204,40 @@ class TeacherClient:
                                  "record it with prompts.record_prompt_version(store, template) first")
             self._known_versions.add(prompt_version)
         params = self.params()
+        # cfg.model, never a deployment's: which deployment answers does not change the key
         key = cache.cache_key(model=cfg.model, messages=messages, params=params, template=template_name,
                               prompt_version=prompt_version, sample_index=sample_index)
-        hit = cache.get(self.store, key)
-        if hit is not None and hit.status == "ok":
-            return CallResult(key, hit.text, "ok", None, hit.cost_usd, True, cfg.name, None, 0, tag)
-
         request = {"model": cfg.model, "api_base": cfg.api_base, "messages": messages,
                    "params": params, "template": template_name, "prompt_version": prompt_version,
                    "sample_index": sample_index}
+        if cfg.deployments:
+            request["deployments"] = [d.api_base for d in cfg.endpoints()]
         record = dict(teacher=cfg.name, model=cfg.model, template=template_name, prompt_version=prompt_version,
                       request=request, run_id=run_id, k=k, secrets=self.secrets())
+        return Prepared(key, messages, params, record)
+
+    async def complete(self, messages: list[dict], *, template: Any = None, prompt_version: str | None = None,
+                       sample_index: int = 0, run_id: int | None = None, k: int | None = None,
+                       tag: Any = None, stop_event: asyncio.Event | None = None) -> CallResult:
+        """One cached, budgeted, rate-limited, retried completion (arguments as
+        `prepare`).  Returns status "ok" or "error" (transient errors
+        exhausted); raises TeacherAuthError / TeacherBadRequest / BudgetExceeded."""
+        cfg = self.cfg
+        prep = self.prepare(messages, template=template, prompt_version=prompt_version, sample_index=sample_index,
+                            run_id=run_id, k=k)
+        key, params, record = prep.key, prep.params, prep.record
+        hit = cache.get(self.store, key)
+        if hit is not None and hit.status == "ok":
+            return CallResult(key, hit.text, "ok", None, hit.cost_usd, True, cfg.name, None, 0, tag)
         try:
-            api_key = self.api_key()
+            send = self._sender()
         except TeacherAuthError as e:
             cache.record(self.store, key, status="error", error_type=type(e).__name__, error=str(e), attempts=0, **record)
             raise
         est_tokens = estimate_prompt_tokens(messages) + cfg.max_tokens
-        litellm = _import_litellm()
         attempts = 0
         # settled on every path below: a reservation left behind would keep waiters waiting
-        reservation = await self.budget.acquire(estimate_cost(cfg, messages, self._prices), teacher=cfg.name)
+        reservation = await self.budget.acquire(estimate_cost(cfg, messages, self.prices), teacher=cfg.name)
         try:
             async def attempt() -> tuple[Any, str, float]:
                 nonlocal attempts
@@ -208,16 +248,15 @@ class TeacherClient:
                     self.http_attempts += 1
                     t0 = time.perf_counter()
                     try:
-                        resp = await litellm.acompletion(
-                            model=cfg.model, messages=messages, api_base=cfg.api_base, api_key=api_key,
-                            timeout=cfg.timeout_s, max_retries=0, num_retries=0,
-                            # fresh per call (LiteLLM may add to the metadata dict it is given);
-                            # a key the teacher's `extra` also sets is the teacher's
-                            **{**litellm_pricing(cfg, self._prices), **params})
+                        resp = await send(messages, params)
                     except Exception as e:  # the boundary: LiteLLM/OpenAI/httpx errors become ours
                         raise translate(e, teacher=cfg.name, model=cfg.model, api_base=redact(cfg.api_base),
                                         api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s) from None
                     latency = time.perf_counter() - t0
+                    if self._router is not None:  # the deployments the Router tried besides the one that answered
+                        extra = routed_attempts(resp)
+                        attempts += extra
+                        self.http_attempts += extra
                     self.limiter.observe_latency(latency)
                 usage = getattr(resp, "usage", None)
                 self.limiter.settle_tokens(est_tokens, getattr(usage, "total_tokens", None))
@@ -229,9 +268,7 @@ class TeacherClient:
                     raise TeacherBadResponse("empty completion (no content)", teacher=cfg.name)
                 return resp, text, latency
 
-            retrying = AsyncRetrying(stop=stop_after_attempt(cfg.max_retries + 1), wait=self._wait,
-                                     retry=retry_if_exception_type(RETRYABLE), reraise=True)
-            resp, text, latency = await retrying(attempt)
+            resp, text, latency = await self.retrying()(attempt)
         except _Stopped:
             self.budget.settle(reservation, 0.0)
             return CallResult(key, None, "skipped", "run stopped before this call", 0.0, False, cfg.name,
@@ -249,11 +286,40 @@ class TeacherClient:
         usage = getattr(resp, "usage", None)
         pt = getattr(usage, "prompt_tokens", None)
         ct = getattr(usage, "completion_tokens", None)
-        cost = call_cost(cfg, resp, pt, ct, self._prices)
+        cost = call_cost(cfg, resp, pt, ct, self.prices)
         self.budget.settle(reservation, cost)
-        cache.record(self.store, key, status="ok", text=text, response=_response_summary(resp), attempts=attempts,
+        summary = _response_summary(resp)
+        if self._router is not None:
+            summary["deployment"] = answered_by(resp)
+        cache.record(self.store, key, status="ok", text=text, response=summary, attempts=attempts,
                      latency_s=latency, prompt_tokens=pt, completion_tokens=ct, cost_usd=cost, **record)
         return CallResult(key, text, "ok", None, cost, False, cfg.name, None, attempts, tag)
+
+    def _sender(self) -> Callable[[list[dict], dict], Awaitable[Any]]:
+        """The coroutine that sends one request: litellm.acompletion on the
+        teacher's endpoint, or its Router over the deployments (built on first
+        use, as it needs the keys).  TeacherAuthError when a key is missing."""
+        cfg = self.cfg
+        litellm = _import_litellm()
+        if cfg.deployments:
+            if self._router is None:
+                keys = [endpoint_key(cfg.name, d.api_key_env, d.api_base) for d in cfg.endpoints()]
+                self._router = build_router(cfg, keys, litellm_pricing(cfg, self.prices))
+            router = self._router
+
+            async def routed(messages: list[dict], params: dict) -> Any:
+                return await router.acompletion(model=cfg.name, messages=messages, timeout=cfg.timeout_s, **params)
+            return routed
+        api_key = self.api_key()
+
+        async def direct(messages: list[dict], params: dict) -> Any:
+            return await litellm.acompletion(
+                model=cfg.model, messages=messages, api_base=cfg.api_base, api_key=api_key,
+                timeout=cfg.timeout_s, max_retries=0, num_retries=0,
+                # fresh per call (LiteLLM may add to the metadata dict it is given);
+                # a key the teacher's `extra` also sets is the teacher's
+                **{**litellm_pricing(cfg, self.prices), **params})
+        return direct
 
 
 class _Stopped(Exception):

@@ -8,7 +8,8 @@ and printed: a user name or password in a URL, a key-like entry in `extra`
 (by its name, or a "Bearer ..." value under any name).
 `redact` masks the same things in any JSON-able structure, for whatever is
 stored or shown anyway (defence in depth: a value that got past validation,
-a setting of another component, an error message).
+a setting of another component, an error message).  The same rules hold in
+each `[[teachers.deployments]]` (its api_base, its api_key_env).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 MASK = "[redacted]"
@@ -154,6 +155,67 @@ def _check_extra(value: Any, path: str) -> None:
             raise _refuse(f"{path} holds a credential ('{auth.group(1)} ...')")
 
 
+def _check_api_base(v: str | None) -> str | None:
+    what = _credential_in_url(v) if v else None
+    if what:
+        raise _refuse(f"api_base contains {what}", f"remove it from the URL and {FIX}")
+    return v
+
+
+def _check_key_env(v: str | None) -> str | None:
+    # the usual slip is pasting the key itself here
+    if v is not None and not _ENV_NAME.match(v):
+        raise _refuse("api_key_env is not an environment variable name (letters, digits, '_')",
+                      'write the name of the variable that holds the key (e.g. api_key_env = "OPENAI_API_KEY") '
+                      "and export the key in it")
+    return v
+
+
+class DeploymentConfig(BaseModel):
+    """One endpoint of a routed teacher (`[[teachers.deployments]]`): the
+    teacher's requests are spread over its deployments by litellm.Router."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # LiteLLM model string of this endpoint; default: the teacher's.  It must serve the
+    # teacher's model: the cache key is the teacher's, whichever deployment answers.
+    model: str | None = None
+    api_base: str | None = None
+    api_key_env: str | None = None  # NAME of the env var holding this deployment's key
+    rpm: float | None = Field(None, gt=0)  # this deployment's limits (the Router routes around them)
+    tpm: float | None = Field(None, gt=0)
+
+    @field_validator("api_base")
+    @classmethod
+    def _api_base_has_no_credentials(cls, v: str | None) -> str | None:
+        return _check_api_base(v)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _api_key_env_is_a_name(cls, v: str | None) -> str | None:
+        return _check_key_env(v)
+
+
+def _conflict(what: str) -> PydanticCustomError:
+    # its own type: printed as it is, without pydantic's "Value error, " in front
+    return PydanticCustomError("conflicting_settings", "{what}", {"what": what})
+
+
+def _apply(names: list[str]) -> str:
+    return "applies" if len(names) == 1 else "apply"
+
+
+# Providers whose batch API LiteLLM speaks in OpenAI's form (JSONL of /v1/chat/completions
+# requests, /v1/files, /v1/batches): OpenAI itself and any compatible server via api_base.
+BATCH_PROVIDERS = ("openai",)
+
+
+def provider_of(model: str) -> str:
+    """The LiteLLM provider prefix of a model string ("openai/gpt-4o-mini" -> "openai");
+    a bare name is OpenAI's, as LiteLLM reads it."""
+    return model.split("/", 1)[0] if "/" in model else "openai"
+
+
 class TeacherConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -183,6 +245,17 @@ class TeacherConfig(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)  # passed through to litellm
     # false: the teacher writes no rationales (e.g. one used only as the [verify] judge)
     teach: bool = True
+    # Batch API (teachers/batch.py): a step's requests go as one batch job at the batch price;
+    # its status is polled every batch_poll_s, and after batch_timeout_s it is cancelled
+    # (what it finished is kept; the rest is asked synchronously).
+    batch: bool = False
+    batch_poll_s: float = Field(30.0, gt=0)
+    batch_timeout_s: float = Field(24 * 3600.0, gt=0)
+    # Several endpoints of this teacher behind litellm.Router (teachers/router.py): a failing
+    # deployment is left out for cooldown_s after more than allowed_fails failures in a minute.
+    deployments: list[DeploymentConfig] = Field(default_factory=list)
+    cooldown_s: float = Field(60.0, gt=0)
+    allowed_fails: int = Field(1, ge=0)
 
     @field_validator("name")
     @classmethod
@@ -194,20 +267,12 @@ class TeacherConfig(BaseModel):
     @field_validator("api_base")
     @classmethod
     def _api_base_has_no_credentials(cls, v: str | None) -> str | None:
-        what = _credential_in_url(v) if v else None
-        if what:
-            raise _refuse(f"api_base contains {what}", f"remove it from the URL and {FIX}")
-        return v
+        return _check_api_base(v)
 
     @field_validator("api_key_env")
     @classmethod
     def _api_key_env_is_a_name(cls, v: str | None) -> str | None:
-        # the usual slip is pasting the key itself here
-        if v is not None and not _ENV_NAME.match(v):
-            raise _refuse("api_key_env is not an environment variable name (letters, digits, '_')",
-                          'write the name of the variable that holds the key (e.g. api_key_env = "OPENAI_API_KEY") '
-                          "and export the key in it")
-        return v
+        return _check_key_env(v)
 
     @field_validator("extra")
     @classmethod
@@ -218,6 +283,61 @@ class TeacherConfig(BaseModel):
         _check_extra(v, "extra")
         return v
 
+    @model_validator(mode="after")
+    def _modes_fit(self) -> "TeacherConfig":
+        """batch and deployments: what they need and what they exclude, with the fix."""
+        if self.batch:
+            if self.is_self:
+                raise _conflict("batch = true applies to API teachers; the 'self' teacher is the student "
+                                "sampling itself: remove batch")
+            if self.deployments:
+                raise _conflict("batch = true sends one batch job to one endpoint, and deployments spread "
+                                "requests over several; keep one of them (api_base on the teacher for batch)")
+            if provider_of(self.model) not in BATCH_PROVIDERS:
+                raise _conflict(f"batch = true needs an OpenAI-compatible batch API, and {self.model!r} is a "
+                                f"{provider_of(self.model)!r} model; use an \"openai/<model>\" model string "
+                                "(with api_base for another OpenAI-compatible server) or remove batch")
+        else:
+            unused = self._changed("batch_poll_s", "batch_timeout_s")
+            if unused:
+                raise _conflict(f"{' and '.join(unused)} {_apply(unused)} only with batch = true; set batch = true or "
+                                "remove them")
+        if self.deployments:
+            if self.is_self:
+                raise _conflict("deployments apply to API teachers; the 'self' teacher has none: remove them")
+            if self.api_base is not None or self.api_key_env is not None:
+                raise _conflict("with deployments, set api_base and api_key_env in each [[teachers.deployments]] "
+                                "(the Router picks the endpoint), not on the teacher")
+            seen: dict[tuple, int] = {}
+            for i, d in enumerate(self.deployments):
+                ident = (d.model or self.model, d.api_base, d.api_key_env)
+                if ident in seen:
+                    raise _conflict(f"deployments[{i}] is the same endpoint as deployments[{seen[ident]}] (model "
+                                    f"{ident[0]!r}, api_base {d.api_base!r}, api_key_env {d.api_key_env!r}); "
+                                    "remove it, or point it at another api_base or key")
+                seen[ident] = i
+                if d.model == "self":
+                    raise _conflict(f"deployments[{i}].model: 'self' is not an endpoint; use a LiteLLM model string")
+        else:
+            unused = self._changed("cooldown_s", "allowed_fails")
+            if unused:
+                raise _conflict(f"{' and '.join(unused)} {_apply(unused)} only to a teacher with "
+                                "[[teachers.deployments]]; add deployments or remove them")
+        return self
+
+    def _changed(self, *names: str) -> list[str]:
+        # by value, not by model_fields_set: a stored config (runs.config_json, read back by
+        # resume and replay) holds every setting, the defaults too
+        return [n for n in names if getattr(self, n) != type(self).model_fields[n].default]
+
     @property
     def is_self(self) -> bool:
         return self.model == "self"
+
+    def endpoints(self) -> list[DeploymentConfig]:
+        """Where this teacher's requests go: its deployments, or the teacher's own
+        model/api_base/key as one (what preflight checks and the client's secrets read)."""
+        if self.deployments:
+            return [d if d.model else d.model_copy(update={"model": self.model}) for d in self.deployments]
+        return [DeploymentConfig(model=self.model, api_base=self.api_base, api_key_env=self.api_key_env,
+                                 rpm=self.rpm, tpm=self.tpm)]

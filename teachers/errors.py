@@ -10,6 +10,8 @@ are translated into it (`translate`).
     ├── TeacherTimeout        no answer within timeout_s (retried)
     ├── TeacherBadResponse    200 with an unusable body: not JSON, empty content (retried)
     ├── TeacherUnexpectedError an exception not known to be transient: the call fails, not retried
+    ├── TeacherBatchIncomplete a batch job ended (expired, cancelled, failed) before a request in it
+    │                         ran: that request is asked synchronously
     ├── TeacherCallsFailed    every call of a teacher in a batch failed: stops the step
     └── BudgetExceeded        the next call can never fit in budget_usd: stops the run
 
@@ -71,6 +73,10 @@ class TeacherUnexpectedError(TeacherError):
     pass
 
 
+class TeacherBatchIncomplete(TeacherError):
+    pass
+
+
 class TeacherCallsFailed(TeacherError):
     """Raised by TeacherPool.run when not one call of a teacher succeeded:
     going on would be an iteration that silently learns nothing from it.
@@ -127,7 +133,8 @@ def key_env_hint(model: str, api_key_env: str | None) -> str:
 
 def retry_after_seconds(exc: BaseException) -> float | None:
     """Retry-After from a LiteLLM/OpenAI exception: `retry-after-ms` (OpenAI)
-    first, then `Retry-After` in seconds.  HTTP-date forms are ignored."""
+    first, then `Retry-After` in seconds, then a Router cooldown's length.
+    HTTP-date forms are ignored."""
     headers: dict[str, str] = {}
     raw = getattr(exc, "litellm_response_headers", None)
     if raw:
@@ -148,7 +155,22 @@ def retry_after_seconds(exc: BaseException) -> float | None:
             continue
         if math.isfinite(secs) and secs >= 0:
             return secs
-    return None
+    # litellm.Router's "all deployments are cooling down" (a 429 without headers) says how long
+    cooldown = getattr(exc, "cooldown_time", None)
+    return float(cooldown) if isinstance(cooldown, (int, float)) and cooldown >= 0 else None
+
+
+def line_error(status_code: int | None, message: str, *, teacher: str) -> TeacherError:
+    """The error of one failed line of a batch job (its HTTP status, or None for
+    an error object without one), classified as translate classifies a response."""
+    msg = _short(redact_message(message))
+    if status_code in (401, 403):
+        return TeacherAuthError(f"batch line refused ({msg})", teacher=teacher, status_code=status_code)
+    if status_code == 429:
+        return TeacherRateLimited(f"batch line rate limited ({msg})", teacher=teacher, status_code=429)
+    if status_code is not None and 400 <= status_code < 500:
+        return TeacherBadRequest(f"batch line rejected ({msg})", teacher=teacher, status_code=status_code)
+    return TeacherUnavailable(f"batch line failed ({msg})", teacher=teacher, status_code=status_code)
 
 
 def translate(exc: BaseException, *, teacher: str, model: str, api_base: str | None = None,

@@ -11,6 +11,10 @@ flight finish and are cached, and the first such error is raised with
 loop can keep what succeeded and report why it stopped.  A teacher none of
 whose requests succeeded raises TeacherCallsFailed (with `.results`) after
 the batch: an iteration must not go on as if it had heard from it.
+
+The requests of a `batch = true` teacher go through teachers/batch.py
+(BatchRunner: one batch job, same cache keys, results delivered as the job
+ends); those of every other teacher one by one through TeacherClient.complete.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from . import cache
+from .batch import BatchRunner
 from .budget import Budget
 from .client import CallResult, TeacherClient
 from .config import TeacherConfig
@@ -72,7 +77,8 @@ class TeacherPool:
         cancelled and come back "skipped", finished ones are kept (they are
         cached as they complete), and `run` returns at once instead of
         waiting for a slow API (a request cancelled in flight may still be
-        billed by the provider; nothing of it is stored)."""
+        billed by the provider; nothing of it is stored).  A batch teacher's
+        job keeps running at the provider after a stop; the next run polls it."""
         reqs = list(requests)
         for r in reqs:
             if r.teacher not in self.clients:
@@ -80,42 +86,56 @@ class TeacherPool:
                 raise ValueError(f"request for unknown teacher {r.teacher!r}; configured LiteLLM teachers: {known}")
         stop = asyncio.Event()
         fatal: list[TeacherError] = []
+        results: list[CallResult | None] = [None] * len(reqs)  # None at the end: skipped (stopped)
+        done = 0
 
-        async def one(r: TeacherRequest) -> CallResult:
+        def deliver(i: int, res: CallResult) -> None:
+            nonlocal done
+            results[i] = res
+            done += 1
+            if on_progress is not None:
+                on_progress(done, len(reqs))
+
+        async def one(i: int, r: TeacherRequest) -> None:
             client = self.clients[r.teacher]
             if stop.is_set():
-                return _skipped(r)
+                return deliver(i, _skipped(r))
             try:
-                return await client.complete(r.messages, template=r.template, prompt_version=r.prompt_version,
-                                             sample_index=r.sample_index, run_id=r.run_id, k=r.k, tag=r.tag,
-                                             stop_event=stop)
+                res = await client.complete(r.messages, template=r.template, prompt_version=r.prompt_version,
+                                            sample_index=r.sample_index, run_id=r.run_id, k=r.k, tag=r.tag,
+                                            stop_event=stop)
             except TeacherError as e:  # fatal kinds only: transient ones come back as status="error"
                 stop.set()
                 fatal.append(e)
                 status = "skipped" if isinstance(e, BudgetExceeded) else "error"
-                return CallResult("", None, status, str(e), 0.0, False, r.teacher, type(e).__name__, 0, r.tag)
-
-        done = 0
-
-        async def tracked(r: TeacherRequest) -> CallResult:
-            nonlocal done
-            try:
-                res = await one(r)
+                res = CallResult("", None, status, str(e), 0.0, False, r.teacher, type(e).__name__, 0, r.tag)
             except asyncio.CancelledError:  # a stop request (below): nothing of this call is kept
-                return _skipped(r)
-            done += 1
-            if on_progress is not None:
-                on_progress(done, len(reqs))
-            return res
+                return
+            deliver(i, res)
 
+        async def batched(name: str, items: list[tuple[int, TeacherRequest]]) -> None:
+            try:
+                await BatchRunner(self.clients[name], stop, deliver).run(items)
+            except TeacherError as e:  # fatal kinds; what the batch did not deliver comes back skipped
+                stop.set()
+                fatal.append(e)
+            except asyncio.CancelledError:  # a stop request: the job runs on, the next run polls it
+                pass
+
+        by_batch: dict[str, list[tuple[int, TeacherRequest]]] = {}
+        direct: list[tuple[int, TeacherRequest]] = []
+        for i, r in enumerate(reqs):
+            (by_batch.setdefault(r.teacher, []) if self.clients[r.teacher].cfg.batch else direct).append((i, r))
         with gc_frozen():
-            tasks = [asyncio.ensure_future(tracked(r)) for r in reqs]
+            tasks = [asyncio.ensure_future(one(i, r)) for i, r in direct]
+            tasks += [asyncio.ensure_future(batched(name, items)) for name, items in by_batch.items()]
             watcher = asyncio.ensure_future(_cancel_on_stop(should_stop, stop, tasks)) if should_stop else None
             try:
-                results = list(await asyncio.gather(*tasks))
+                await asyncio.gather(*tasks)
             finally:
                 if watcher is not None:
                     watcher.cancel()
+        results = [res if res is not None else _skipped(r) for res, r in zip(results, reqs)]
         if fatal:
             # Prefer the budget error when present: it is the one the loop reports as a stop reason.
             err = next((e for e in fatal if isinstance(e, BudgetExceeded)), fatal[0])

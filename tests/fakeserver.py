@@ -115,11 +115,14 @@ class FakeOpenAIServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
+    # A subclass of _Handler that serves more routes (tests/batch_fakeserver.py); None: _Handler.
+    handler_class: type | None = None
+
     # -- lifecycle --------------------------------------------------------
     def start(self) -> "FakeOpenAIServer":
         server = self
 
-        class Handler(_Handler):
+        class Handler(self.handler_class or _Handler):
             srv = server
 
         self._stop.clear()

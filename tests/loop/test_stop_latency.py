@@ -25,8 +25,8 @@ def _status(ws):
         return {}
 
 
-def _slow_workspace(path, base_url, steps: int):
-    ws = make_workspace(path, base_url, max_iterations=2)
+def _slow_workspace(path, base_url, steps: int, **loop):
+    ws = make_workspace(path, base_url, max_iterations=2, **loop)
     toml = ws / "distillery.toml"
     toml.write_text(toml.read_text().replace("max_steps = 3\n", f"max_steps = {steps}\n")
                     .replace("max_new_tokens = 8\n", "max_new_tokens = 300\n").replace("max_length = 512\n", "max_length = 1024\n"))
@@ -37,7 +37,9 @@ def _slow_workspace(path, base_url, steps: int):
 def test_sigterm_stops_each_step_within_10_s(tmp_path, k, step):
     slow = 60.0 if step == "teach" else 0.0
     with FakeOpenAIServer(answer=teacher_answer, latency=slow) as srv:
-        ws = _slow_workspace(tmp_path / "ws", srv.base_url, 400 if step == "train" else 3)
+        # mine generates only when evaluate did not already score the pool with the same adapter
+        ws = _slow_workspace(tmp_path / "ws", srv.base_url, 400 if step == "train" else 3,
+                             **({"eval_pool": False} if step == "mine" else {}))
         if step in ("mine", "evaluate"):  # get past the slow teach step first
             srv.latency = 0.0
         p = popen("run", "-w", str(ws))

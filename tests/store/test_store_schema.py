@@ -30,6 +30,11 @@ EXPECTED = {
     },
     "dataset_entries": {"run_id", "k", "example_id", "rationale_id", "weight"},
     "example_removals": {"example_id", "reason", "created"},
+    "teacher_batches": {
+        "id", "batch_id", "teacher", "model", "api_base", "input_file_id", "status", "total", "completed",
+        "failed", "output_file_id", "error_file_id", "run_id", "k", "created", "updated", "finished",
+    },
+    "teacher_batch_lines": {"batch", "key"},
     "events": {"id", "run_id", "k", "step", "kind", "message", "data", "created"},
     "_migrations": {"name", "applied"},
 }

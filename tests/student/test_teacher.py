@@ -6,10 +6,12 @@ import torch
 from student.config import LossConfig
 from student.data import TrainExample, collate, completion_ids, encode, micro_batch_indices
 from student.errors import RowTooLong
-from student.losses import generalized_jsd, unisd_loss
+from student.losses import generalized_jsd
 from student.model import prompt_ids
 from student.teacher import (
-    aligned_forward,
+    AlignedLM,
+    LMHead,
+    aligned_hidden,
     ema_update,
     encode_batch,
     sample_completions,
@@ -75,11 +77,12 @@ def test_encode_at_the_exact_fit_keeps_every_token_and_one_less_is_an_error(tiny
     assert err.value.reason == "teacher_context_too_long"
 
 
-def test_aligned_forward_equals_full_forward_at_positions(tiny_student):
+def test_aligned_hidden_and_head_equal_the_full_forward_at_positions(tiny_student):
     batch = _batch(tiny_student, toy_examples(3))
     model = tiny_student.model
     with torch.no_grad():
-        logits, hidden = aligned_forward(model, batch.input_ids, batch.attention_mask, batch.positions)
+        hidden = aligned_hidden(model, batch.input_ids, batch.attention_mask, batch.positions)
+        logits = LMHead(model)(hidden)
         full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
     idx = batch.positions.unsqueeze(-1)
     want = full.logits.gather(1, idx.expand(-1, -1, full.logits.shape[-1]))
@@ -88,9 +91,28 @@ def test_aligned_forward_equals_full_forward_at_positions(tiny_student):
     assert torch.allclose(hidden, want_h, atol=1e-5)
 
 
+def test_head_applies_final_logit_softcapping(tiny_student):
+    base = tiny_student.model.get_base_model()
+    h = torch.randn(5, base.config.hidden_size)
+    base.config.final_logit_softcapping = 0.5
+    with torch.no_grad():
+        capped, raw = LMHead(tiny_student.model)(h), base.lm_head(h)
+    assert torch.allclose(capped, torch.tanh(raw / 0.5) * 0.5) and capped.abs().max() < 0.5
+
+
+def test_head_under_autocast_casts_a_frozen_weight_once_with_the_same_result(tiny_student):
+    head = LMHead(tiny_student.model)
+    h = torch.randn(5, tiny_student.model.config.hidden_size)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = head.proj(h)  # autocast's own cast
+        got, again = head(h), head(h)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want) and torch.equal(again, want)
+    assert head._cast is not None and head._cast.dtype == torch.bfloat16
+
+
 def test_teacher_with_student_context_and_equal_adapter_matches_student(make_tiny_student):
-    """Same context, teacher adapter = student adapter → identical aligned logits
-    (so every divergence is 0): the alignment of the two paths is exact."""
+    """Same context, teacher adapter = student adapter → identical aligned hidden
+    states and logits (so every divergence is 0): the alignment of the two paths is exact."""
     st = make_tiny_student()
     with torch.no_grad():
         for p in st.adapter_params("student").values():
@@ -99,12 +121,15 @@ def test_teacher_with_student_context_and_equal_adapter_matches_student(make_tin
     ex = [TrainExample(prompt=e.prompt, completion=e.completion, teacher_prompts=[e.prompt]) for e in toy_examples(3)]
     batch = _batch(st, ex, k=1)
     out = teacher_forward(st, batch, "ema")
+    assert out.hidden.shape[0] == 1 and out.negative_hidden is None
     with torch.no_grad():
-        s_logits, s_hidden = aligned_forward(st.model, batch.input_ids, batch.attention_mask, batch.positions)
+        s_hidden = aligned_hidden(st.model, batch.input_ids, batch.attention_mask, batch.positions)
+        s_logits = LMHead(st.model)(s_hidden)
     mask = batch.labels != -100
-    assert torch.allclose(out.logits[0][mask], s_logits[mask], atol=1e-5)
-    assert torch.allclose(out.hidden[mask], s_hidden[mask], atol=1e-5)
-    assert generalized_jsd(s_logits, out.logits[0], mask).max() < 1e-6
+    assert torch.allclose(out.hidden[0][mask], s_hidden[mask], atol=1e-5)
+    t_logits, _ = out.logits()
+    assert torch.allclose(t_logits[0][mask], s_logits[mask], atol=1e-5)
+    assert generalized_jsd(s_logits, t_logits[0], mask).max() < 1e-6
 
 
 def test_teacher_adapter_modes(make_tiny_student):
@@ -116,15 +141,73 @@ def test_teacher_adapter_modes(make_tiny_student):
     t = teacher_forward(st, batch, "ema")
     prev = teacher_forward(st, batch, "previous")  # the same adapter, loaded by the loop
     base = teacher_forward(st, batch, "base")
-    assert torch.equal(t.logits, prev.logits)
-    assert not torch.allclose(t.logits, base.logits)
+    assert torch.equal(t.hidden, prev.hidden)
+    assert not torch.allclose(t.hidden, base.hidden)
     with torch.no_grad(), st.model.disable_adapter():
-        want, _ = aligned_forward(st.model, batch.teacher_input_ids, batch.teacher_attention_mask, batch.teacher_positions)
-    assert torch.allclose(base.logits.flatten(0, 1), want, atol=1e-6)
+        want = aligned_hidden(st.model, batch.teacher_input_ids, batch.teacher_attention_mask, batch.teacher_positions)
+    assert torch.allclose(base.hidden.flatten(0, 1), want, atol=1e-6)
+    # the negative rows land on their examples, zeros elsewhere
+    assert base.has_negative.tolist() == [False, True]
+    assert (base.negative_hidden[0] == 0).all() and (base.negative_hidden[1] != 0).any()
     # the student adapter is active and trainable again afterwards
     assert st.model.active_adapter == "student"
     assert all(p.requires_grad for p in st.adapter_params("student").values())
     assert not any(p.requires_grad for p in st.adapter_params("teacher").values())
+
+
+@pytest.mark.parametrize("same_width", [True, False])
+def test_negatives_forward_with_or_apart_from_the_contexts_alike(tiny_student, same_width):
+    """The negatives share the contexts' forward when their width matches, else
+    run apart: either way each row's hidden states are its own forward's."""
+    exs = toy_examples(4)
+    if same_width:  # a negative context as long as the demonstration's
+        exs = [e.model_copy(update={"negative_prompt": e.teacher_prompts[0]}) for e in exs]
+    batch = _batch(tiny_student, exs)
+    assert (batch.negative_input_ids.shape[1] == batch.teacher_input_ids.shape[1]) == same_width
+    out = teacher_forward(tiny_student, batch)
+    with torch.no_grad(), tiny_student.use_adapter("teacher") as m:
+        want = aligned_hidden(m, batch.negative_input_ids, batch.negative_attention_mask, batch.negative_positions)
+    mask = batch.labels[batch.has_negative] != -100
+    torch.testing.assert_close(out.negative_hidden[batch.has_negative][mask], want[mask], rtol=1e-5, atol=1e-5)
+    if same_width:
+        torch.testing.assert_close(out.negative_hidden[batch.has_negative][mask], out.hidden[0][batch.has_negative][mask])
+
+
+FULL = LossConfig(sft=1, kd=1, contrastive=1, feature=1, num_contexts=2, clip_quantile=0.9)
+
+
+def _loss_and_grads(st, batch, cfg):
+    teacher = teacher_forward(st, batch, cfg.teacher_adapter)
+    loss, terms = AlignedLM(st.model, cfg)(batch, teacher)
+    params = [p for p in st.model.parameters() if p.requires_grad]
+    return loss, terms, torch.autograd.grad(loss, params, allow_unused=True)
+
+
+@pytest.mark.parametrize("model_kw", [{}, {"full_finetune": True}, {"target_modules": ["q_proj", "lm_head"]}],
+                         ids=["lora", "full_finetune", "lora_on_lm_head"])
+def test_chunked_loss_equals_the_unchunked_reference_on_the_model(make_tiny_student, model_kw):
+    """The trainer's module, chunked (default) vs chunk_size = 0 (full logits):
+    same loss and same gradient for every trainable weight, the head's included
+    when it trains (full fine-tuning; LoRA on lm_head, whose teacher logits need
+    the teacher adapter)."""
+    st = make_tiny_student(**model_kw)
+    with torch.no_grad():
+        for name in ("student", "teacher"):
+            for p in st.adapter_params(name).values():
+                p.add_(torch.randn_like(p) * 0.05)
+    batch = _batch(st, toy_examples(4))
+    ref, ref_terms, ref_grads = _loss_and_grads(st, batch, FULL.model_copy(update={"chunk_size": 0}))
+    got, got_terms, got_grads = _loss_and_grads(st, batch, FULL.model_copy(update={"chunk_size": 7}))
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert got_terms.keys() == ref_terms.keys()
+    for g, r in zip(got_grads, ref_grads, strict=True):
+        assert (g is None) == (r is None)
+        if g is not None:
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+    if "target_modules" in model_kw:  # the teacher's head used the teacher adapter
+        with torch.no_grad(), st.use_adapter("teacher") as m:
+            want = LMHead(m)(aligned_hidden(m, batch.teacher_input_ids, batch.teacher_attention_mask, batch.teacher_positions))
+        assert torch.allclose(teacher_forward(st, batch).logits()[0].flatten(0, 1), want, atol=1e-5)
 
 
 def test_gradients_flow_only_into_the_student_adapter(make_tiny_student):
@@ -134,11 +217,7 @@ def test_gradients_flow_only_into_the_student_adapter(make_tiny_student):
             p.normal_(0, 0.05)
     batch = _batch(st, toy_examples(4))
     teacher = teacher_forward(st, batch, "ema")
-    logits, hidden = aligned_forward(st.model, batch.input_ids, batch.attention_mask, batch.positions)
-    cfg = LossConfig(sft=1, kd=1, contrastive=1, feature=1, num_contexts=2)
-    loss, _ = unisd_loss(cfg, student_logits=logits, labels=batch.labels, teacher_logits=teacher.logits,
-                         negative_logits=teacher.negative_logits, has_negative=teacher.has_negative,
-                         student_hidden=hidden, teacher_hidden=teacher.hidden)
+    loss, _ = AlignedLM(st.model, FULL)(batch, teacher)
     loss.backward()
     student_ids = {id(p) for p in st.adapter_params("student").values()}
     for name, p in st.model.named_parameters():

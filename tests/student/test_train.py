@@ -156,3 +156,24 @@ def test_full_finetune_trains_with_ema_teacher_copy(make_tiny_student, tmp_path)
     again = train(make_tiny_student(full_finetune=True), toy_examples(4), cfg(max_steps=4, checkpoint_every=2), lc,
                   tmp_path / "a", progress=False)  # resumes from the final checkpoint: nothing left to do
     assert again.adapter_sha256 == res.adapter_sha256
+
+
+def test_chunked_training_equals_the_unchunked_reference(make_tiny_student, tmp_path):
+    lc = FULL.model_copy(update={"on_policy": 0.0})  # y = d: both runs see the same tokens
+    runs = [train(make_tiny_student(), toy_examples(8), cfg(max_steps=4), lc.model_copy(update={"chunk_size": c}),
+                  tmp_path / str(c), progress=False) for c in (0, 5)]
+    for a, b in zip(*(r.history for r in runs), strict=True):
+        for k in ("total", "sft", "kd", "contrastive", "feature", "agreement_w", "grad_norm"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4), (a["step"], k)
+
+
+def test_the_lm_head_never_sees_more_than_one_chunk(make_tiny_student, tmp_path):
+    """Memory bound, as behaviour: every LM head call of a UniSD step (student,
+    K teacher contexts, negatives) takes at most chunk_size tokens."""
+    st = make_tiny_student()
+    calls = []
+    st.model.get_base_model().lm_head.register_forward_hook(lambda module, args, out: calls.append(tuple(out.shape)))
+    lc = FULL.model_copy(update={"on_policy": 0.0, "chunk_size": 5})  # (on-policy sampling calls the head to generate)
+    train(st, toy_examples(8), cfg(max_steps=2), lc, tmp_path, progress=False)
+    assert len(calls) > 2 * 4  # several chunks per step, for the student and each teacher
+    assert all(len(shape) == 2 and shape[0] <= 5 for shape in calls), calls
