@@ -31,7 +31,7 @@ def _summary(console: Console, st, outcome) -> None:
     run = st.get_run(outcome.run_id)
     rows = done_iterations(st, run)
     console.print(iterations_table(rows, title=f"run {run['name']}"))
-    console.print(result_line(rows), soft_wrap=True)
+    console.print(result_line(rows, outcome.status), soft_wrap=True)
     if outcome.status == "done" and not outcome.iterations and rows:
         console.print(nothing_to_run(rows[-1]["k"], outcome.stop_reason), soft_wrap=True)
 

@@ -403,7 +403,7 @@ def register(app: typer.Typer) -> None:
         from .export_model import FORMATS as MODEL_FORMATS, export_model, source_of
 
         if fmt not in ("jsonl", "openai", *MODEL_FORMATS):
-            raise UserError(f"unknown --format {fmt!r}; use jsonl, openai, peft or merged")
+            raise UserError(f"unknown --format {fmt!r}; use --format jsonl, openai, peft or merged")
         if fmt in MODEL_FORMATS:
             if output is None:
                 raise UserError(f"--format {fmt} writes a directory; add -o DIR, e.g. -o distilled-{fmt}")

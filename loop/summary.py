@@ -156,13 +156,17 @@ def iterations_table(rows: list[dict], title: str | None = None) -> Table:
     return t
 
 
-def result_line(rows: list[dict]) -> str:
-    """The closing line of a run: which iteration is the result and why the run stopped."""
+def result_line(rows: list[dict], status: str | None = None) -> str:
+    """The closing line of a run: which iteration is the result and why the run
+    stopped (`status` "stopped": on request, mid-iteration)."""
     best = best_k(rows)
     if best is None:
         return "result: no iteration has a dev accuracy yet"
     it = next(r for r in rows if r["k"] == best)
-    stop = rows[-1].get("stop_reason") or "not stopped"
+    if status == "stopped":
+        stop = "on request (`distillery run` resumes)"
+    else:
+        stop = rows[-1].get("stop_reason") or "not stopped"
     return (f"result: iteration {best} (dev {pct(it['metrics'].get('dev_acc'))}, the best of {len(rows)} "
             f"iterations; `distillery export best`); stopped: {stop}")
 

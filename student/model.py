@@ -285,7 +285,7 @@ def _verbose() -> bool:
 def _quiet_libraries(*, stderr: bool = False) -> Iterator[None]:
     """Loading a model makes transformers and peft talk: deprecation
     warnings (peft asks transformers' deprecated `is_gradient_checkpointing`
-    on every wrap), log lines and "Loading weights" bars.  They interleave
+    on every wrap), log lines, "Loading weights" and Hub download bars.  They interleave
     with the loop's own display and say nothing the user can act on, so they
     are off while the student loads, unless VERBOSE_ENV is set.  With
     `stderr`, sys.stderr is captured too: the GGUF converter draws a plain
@@ -301,16 +301,16 @@ def _quiet_libraries(*, stderr: bool = False) -> Iterator[None]:
     hf_logging.disable_progress_bar()
     captured = io.StringIO()
     redirect = contextlib.redirect_stderr(captured) if stderr else contextlib.nullcontext()
-    try:
-        with warnings.catch_warnings(), redirect:
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings(), redirect:
+        warnings.simplefilter("ignore")
+        try:
             yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-        if captured.getvalue():
-            log.debug("library output while loading the student: %s", captured.getvalue()[-2000:])
+        finally:  # inside: re-enabling warns when HF_HUB_DISABLE_PROGRESS_BARS=1 keeps the hub's bars off
+            hf_logging.set_verbosity(level)
+            if bars:
+                hf_logging.enable_progress_bar()
+    if captured.getvalue():
+        log.debug("library output while loading the student: %s", captured.getvalue()[-2000:])
 
 
 def _load_base(cfg: ModelConfig, dtype: torch.dtype):

@@ -61,6 +61,8 @@ def is_credential_key(name: str) -> bool:
     words = _words(str(name))
     if not words or words[-1] == "env":
         return False
+    if "cost" in words or "per" in words:  # input_cost_per_token: a price, not a token
+        return False
     return any(w in _CREDENTIAL_WORDS for w in words)
 
 
@@ -118,7 +120,8 @@ def redact(obj: Any, secrets: tuple[str, ...] | list[str] = ()) -> Any:
 
     def walk(x: Any) -> Any:
         if isinstance(x, dict):
-            return {k: MASK if is_credential_key(k) and v not in (None, "") and not isinstance(v, bool) else walk(v)
+            # a number is never a key (and masking one would break the stored config's validation)
+            return {k: MASK if is_credential_key(k) and isinstance(v, str) and v else walk(v)
                     for k, v in x.items()}
         if isinstance(x, (list, tuple)):
             return [walk(v) for v in x]

@@ -144,3 +144,14 @@ def test_a_planted_key_is_nowhere_in_the_workspace(fake_server, make_cfg, monkey
     store.close()
     assert _grep(ws, SECRET) == []  # and after the checkpoint on close
     assert (ws / "distillery.db").stat().st_size > 0
+
+
+def test_prices_are_not_credentials_and_a_redacted_config_still_validates():
+    """input_cost_per_token holds the word "token": masking it broke every replay of a priced run."""
+    from loop.config import Config
+
+    cfg = Config.model_validate({"teachers": [{"name": "t", "model": "openai/x", "api_base": "http://127.0.0.1:1/v1",
+                                                "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}]})
+    dumped = cfg.model_dump(mode="json")
+    assert redact(dumped) == dumped
+    assert Config.model_validate(redact(dumped)) == cfg
