@@ -43,7 +43,7 @@ from .router import answered_by, build_router, routed_attempts
 
 # A local OpenAI-compatible server needs *some* key in the Authorization header;
 # sending a dummy one keeps a real OPENAI_API_KEY from leaking to it.
-LOCAL_DUMMY_KEY = "sk-local-no-key"
+LOCAL_DUMMY_KEY = "local-server-no-key"
 
 
 @dataclass

@@ -57,6 +57,14 @@ RETRYABLE_FAULTS = tuple(k for k in FAULT_KINDS if k != "no_answer")
 Messages = list[dict]
 
 
+def planted_secret() -> str:
+    """A made-up credential for the tests that check keys never reach the
+    store: made at run time, so nothing that looks like a key is committed."""
+    import secrets
+
+    return "planted-" + secrets.token_hex(16)
+
+
 def default_answer(messages: Messages) -> str:
     return "Step 1: add the numbers.\nStep 2: check the result.\n#### 42"
 

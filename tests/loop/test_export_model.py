@@ -205,11 +205,11 @@ def test_the_base_is_named_when_transformers_loads_it_by_name(tmp_path):
     from loop.export_model import ExportSource, base_name, model_card
     from student.config import LoraConfig, ModelConfig
 
-    hub = ModelConfig(name="HuggingFaceTB/SmolLM2-135M-Instruct")
+    hub = ModelConfig(name="example-org/student-1b")  # only named, never loaded: a hub id the card must cite
     assert base_name(hub) == hub.name
     assert base_name(ModelConfig(name=str(tmp_path))) == str(tmp_path.resolve())  # a local model directory
     for name, gguf in (("tiny", None), ("smollm2", None), ("/models/q.gguf", None), ("org/repo-GGUF", "q4.gguf")):
         assert base_name(ModelConfig(name=name, gguf_file=gguf)) is None  # dequantized or built in code: written out
     card = model_card(ExportSource(model=hub, lora=LoraConfig(), adapter_dir=tmp_path), "peft", tmp_path / "out")
-    assert "\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n" in card
-    assert "from_pretrained('HuggingFaceTB/SmolLM2-135M-Instruct')" in card and "base/" not in card
+    assert "\nbase_model: example-org/student-1b\n" in card
+    assert "from_pretrained('example-org/student-1b')" in card and "base/" not in card

@@ -99,7 +99,7 @@ BAD_TOML = {
     "bad_literal": (DEMO.replace('combine = "accumulate"', 'combine = "mix"'), "allowed: 'replace' or 'accumulate'", 'combine = "mix"'),
     "wrong_type": (DEMO.replace("lr = 1e-3", 'lr = "fast"'), "train.lr = 'fast'", 'lr = "fast"'),
     "teacher_missing_model": (DEMO.replace('model = "self"\n', ""), "missing required key 'teachers[0].model'", "[[teachers]]"),
-    "teacher_unknown_key": (DEMO.replace("samples = 2", "samples = 2\nkey = 'sk-x'"), "unknown key 'teachers[0].key'", "key = 'sk-x'"),
+    "teacher_unknown_key": (DEMO.replace("samples = 2", "samples = 2\nkey = 'not-a-key'"), "unknown key 'teachers[0].key'", "key = 'not-a-key'"),
     "teacher_bad_name": (DEMO.replace('name = "self"', 'name = "my teacher"'), "teachers[0].name", 'name = "my teacher"'),
     "device_literal": (DEMO.replace('device = "cpu"', 'device = "tpu"'), "allowed: 'auto' or 'cpu' or 'cuda'", 'device = "tpu"'),
     "difficulty_zero": (DEMO.replace("difficulty = 1", "difficulty = 0"), "allowed: an integer ≥ 1 and ≤ 6", "difficulty = 0"),

@@ -145,7 +145,7 @@ def test_teacher_call_cache(store):
     assert store.spend() == pytest.approx(0.002)
     assert store.spend(1) == pytest.approx(0.002) and store.spend(2) == 0.0
     with pytest.raises(TypeError):
-        store.record_teacher_call("k2", teacher="t", model="m", api_key="sk-secret")
+        store.record_teacher_call("k2", teacher="t", model="m", api_key="not-a-key")
 
 
 def test_rationales(store, add_pool):

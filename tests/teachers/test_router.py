@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from store.db import Store
 from teachers import (TeacherAuthError, TeacherCallsFailed, TeacherClient, TeacherConfig, TeacherPool, TeacherRequest,
                       redact)
-from tests.fakeserver import FakeOpenAIServer
+from tests.fakeserver import FakeOpenAIServer, planted_secret
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_when_every_deployment_fails_the_calls_fail_and_are_recorded(store):
 
 
 def test_each_deployment_gets_its_own_key_and_no_key_is_stored(store, monkeypatch, tmp_path):
-    key_a, key_b = "sk-aaaaaaaaaaaaaaaaaaaa", "sk-bbbbbbbbbbbbbbbbbbbb"
+    key_a, key_b = planted_secret(), planted_secret()
     monkeypatch.setenv("KEY_A", key_a)
     monkeypatch.setenv("KEY_B", key_b)
     with FakeOpenAIServer(api_key=key_a) as a, FakeOpenAIServer(api_key=key_b) as b:
@@ -90,7 +90,7 @@ def test_each_deployment_gets_its_own_key_and_no_key_is_stored(store, monkeypatc
     assert key_a not in shown and key_b not in shown and "KEY_A" in shown
     store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("distillery.db"))
-    assert b"sk-aaaa" not in raw and b"sk-bbbb" not in raw
+    assert key_a.encode() not in raw and key_b.encode() not in raw
 
 
 def test_a_deployments_missing_key_is_an_auth_error_naming_it(servers, store, monkeypatch):
@@ -110,7 +110,7 @@ def test_a_deployments_missing_key_is_an_auth_error_naming_it(servers, store, mo
     (dict(model="self", deployments=[{"api_base": "http://127.0.0.1:2/v1"}]), "the 'self' teacher has none"),
     (dict(cooldown_s=5), "cooldown_s applies only to a teacher with [[teachers.deployments]]"),
     (dict(deployments=[{"api_base": "http://user:pw@127.0.0.1:2/v1"}]), "user name or password"),
-    (dict(deployments=[{"api_base": "http://127.0.0.1:2/v1", "api_key": "sk-x"}]), "Extra inputs are not permitted"),
+    (dict(deployments=[{"api_base": "http://127.0.0.1:2/v1", "api_key": "x"}]), "Extra inputs are not permitted"),
 ])
 def test_deployment_settings_that_cannot_work_are_refused_with_the_fix(kw, says):
     with pytest.raises(ValidationError) as e:

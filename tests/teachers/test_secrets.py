@@ -15,8 +15,9 @@ from pydantic import ValidationError
 
 from store.db import Store
 from teachers import TeacherBadRequest, TeacherClient, TeacherConfig, TeacherPool, TeacherRequest, redact
+from tests.fakeserver import planted_secret
 
-SECRET = "sk-planted-SECRET-0123456789abcdef"
+SECRET = planted_secret()
 
 REFUSED = {
     "api_base user:password@": {"api_base": f"http://user:{SECRET}@127.0.0.1:1/v1"},
