@@ -174,11 +174,26 @@ def _check_key_env(v: str | None) -> str | None:
     return v
 
 
-class DeploymentConfig(BaseModel):
-    """One endpoint of a routed teacher (`[[teachers.deployments]]`): the
-    teacher's requests are spread over its deployments by litellm.Router."""
+class _Endpoint(BaseModel):
+    """The checks of every place requests can go (a teacher, a deployment):
+    no credential in api_base, and api_key_env the name of a variable."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("api_base", check_fields=False)
+    @classmethod
+    def _api_base_has_no_credentials(cls, v: str | None) -> str | None:
+        return _check_api_base(v)
+
+    @field_validator("api_key_env", check_fields=False)
+    @classmethod
+    def _api_key_env_is_a_name(cls, v: str | None) -> str | None:
+        return _check_key_env(v)
+
+
+class DeploymentConfig(_Endpoint):
+    """One endpoint of a routed teacher (`[[teachers.deployments]]`): the
+    teacher's requests are spread over its deployments by litellm.Router."""
 
     # LiteLLM model string of this endpoint; default: the teacher's.  It must serve the
     # teacher's model: the cache key is the teacher's, whichever deployment answers.
@@ -187,16 +202,6 @@ class DeploymentConfig(BaseModel):
     api_key_env: str | None = None  # NAME of the env var holding this deployment's key
     rpm: float | None = Field(None, gt=0)  # this deployment's limits (the Router routes around them)
     tpm: float | None = Field(None, gt=0)
-
-    @field_validator("api_base")
-    @classmethod
-    def _api_base_has_no_credentials(cls, v: str | None) -> str | None:
-        return _check_api_base(v)
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _api_key_env_is_a_name(cls, v: str | None) -> str | None:
-        return _check_key_env(v)
 
 
 def _conflict(what: str) -> PydanticCustomError:
@@ -219,9 +224,7 @@ def provider_of(model: str) -> str:
     return model.split("/", 1)[0] if "/" in model else "openai"
 
 
-class TeacherConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
+class TeacherConfig(_Endpoint):
     name: str  # short alias used in the store and CLI output
     # LiteLLM model string ("openai/gpt-4o-mini", "anthropic/claude-...",
     # "hosted_vllm/Qwen...", "openai/<alias>" on llama.cpp), or "self" for the student.
@@ -266,16 +269,6 @@ class TeacherConfig(BaseModel):
         if not v or not all(c.isalnum() or c in "-_." for c in v):
             raise ValueError("use letters, digits, '-', '_' or '.'")
         return v
-
-    @field_validator("api_base")
-    @classmethod
-    def _api_base_has_no_credentials(cls, v: str | None) -> str | None:
-        return _check_api_base(v)
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _api_key_env_is_a_name(cls, v: str | None) -> str | None:
-        return _check_key_env(v)
 
     @field_validator("extra")
     @classmethod
