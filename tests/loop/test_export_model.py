@@ -137,7 +137,7 @@ def test_bad_targets_are_refused_with_the_fix_and_nothing_half_written(finished,
     rc, text = export("--format", "peft")
     assert rc == 2 and "--format peft writes a directory; add -o DIR" in text
     rc, text = export("--format", "onnx", "-o", str(tmp_path / "x"))
-    assert rc == 2 and "use jsonl, openai, peft or merged" in text
+    assert rc == 2 and "unknown --format 'onnx'; use --format jsonl, openai, peft or merged" in text
     afile = tmp_path / "a-file"
     afile.write_text("mine")
     rc, text = export("--format", "peft", "-o", str(afile))
