@@ -55,7 +55,8 @@ import torch  # noqa: E402
 from student.config import LoraConfig, LossConfig, ModelConfig, TrainConfig  # noqa: E402
 from student.data import TrainExample, collate, encode  # noqa: E402
 from student.generate import bench_generation  # noqa: E402
-from student.model import CHATML_TEMPLATE, Student, load_student  # noqa: E402
+from student.chat import CHATML_TEMPLATE  # noqa: E402
+from student.model import Student, load_student  # noqa: E402
 from student.train import train  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 

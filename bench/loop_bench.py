@@ -52,8 +52,8 @@ def main() -> int:
     from rich.console import Console
 
     torch.set_num_threads(args.threads)
-    from loop.orchestrator import Orchestrator
-    from loop.workspace import init_workspace, load_workspace_config, open_store
+    from loop.core.orchestrator import Orchestrator
+    from loop.config.workspace import init_workspace, load_workspace_config, open_store
 
     iterations = args.iterations or (2 if args.quick else 4)
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,7 +101,7 @@ def stop_latency(preset: str) -> int:
     import signal
     import subprocess
 
-    from loop.workspace import init_workspace
+    from loop.config.workspace import init_workspace
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
     results: dict[str, float] = {}

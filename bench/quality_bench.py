@@ -57,9 +57,9 @@ def run(ws: Path, cfg, name: str, iterations: int):
     """One run of the loop in this process; returns (outcome, its iterations)."""
     from rich.console import Console
 
-    from loop.orchestrator import Orchestrator
-    from loop.summary import done_iterations
-    from loop.workspace import open_store
+    from loop.core.orchestrator import Orchestrator
+    from loop.report.summary import done_iterations
+    from loop.config.workspace import open_store
 
     st = open_store(ws)
     try:
@@ -86,9 +86,9 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    from loop.config import Config
-    from loop.replay import apply_sets
-    from loop.workspace import init_workspace, load_workspace_config, open_store
+    from loop.config.schema import Config
+    from loop.core.replay import apply_sets
+    from loop.config.workspace import init_workspace, load_workspace_config, open_store
     from teachers.verify import check_rationale
 
     t0 = time.perf_counter()
@@ -107,7 +107,7 @@ def main() -> int:
 
         st = open_store(ws)
         try:
-            from loop.cli_store import parse_ref
+            from loop.cli.views import parse_ref
 
             _, shown_best = parse_ref(st, "loop:best")  # what `distillery show loop:best` names
             loop_run = st.get_run("loop")

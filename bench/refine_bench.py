@@ -113,11 +113,11 @@ def main() -> int:
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     import prompts as P
-    from loop.task import generate_task
+    from loop.data.task import generate_task
     from student.config import LoraConfig, ModelConfig
     from student.generate import generate
     from student.model import load_student
-    from student.scoring import is_correct
+    from prompts.answers import is_correct
     from teachers import TeacherConfig, TeacherPool, TeacherRequest
     from store import Store
 

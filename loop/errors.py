@@ -6,7 +6,7 @@ RunFailure (exit 1): something failed at run time (a teacher down for good, a cr
 in training); the run can be resumed.
 
 Other packages raise their own documented errors (teachers.errors, store.errors);
-`loop.cli.main` maps them onto these two classes at the boundary.
+`loop.cli.main.main` maps them onto these two classes at the boundary.
 """
 
 from __future__ import annotations

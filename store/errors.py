@@ -1,4 +1,4 @@
-"""Errors the store raises.  The CLI boundary (loop/cli_store.py) turns them
+"""Errors the store raises.  The CLI boundary (loop/cli/views.py) turns them
 into loop.errors.UserError with a fix; the store itself imports nothing of ours.
 
 Two families:

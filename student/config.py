@@ -77,7 +77,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     warm_start: bool = True  # start iteration k from k-1's adapter
     # Training processes of one iteration.  1 trains inside the loop process;
-    # N > 1 runs the trainer as a job of its own (loop/train_job.py) under the
+    # N > 1 runs the trainer as a job of its own (loop/core/train_job.py) under the
     # launcher, one rank per GPU (or N gloo ranks on CPU).
     processes: int = Field(1, ge=1, le=1024)
     launcher: Literal["torchrun", "accelerate"] = "torchrun"
@@ -87,7 +87,7 @@ class TrainConfig(_Strict):
 
 class GenerationConfig(_Strict):
     # "transformers": in this process; "vllm": an OpenAI-compatible vLLM server that
-    # serves student.name and loads each iteration's adapter (loop/generation.py)
+    # serves student.name and loads each iteration's adapter (loop/core/generation.py)
     backend: Literal["transformers", "vllm"] = "transformers"
     vllm_base_url: str | None = None  # e.g. http://127.0.0.1:8000/v1 (server started with --enable-lora)
     vllm_api_key_env: str | None = None  # NAME of the env var holding the server's --api-key, if it has one

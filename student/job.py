@@ -1,6 +1,6 @@
 """One iteration's training as a job of its own: ``python -m student.job SPEC``.
 
-The loop (loop/train_job.py) writes SPEC — a JSON file in the iteration
+The loop (loop/core/train_job.py) writes SPEC — a JSON file in the iteration
 directory naming the model, LoRA, train and loss settings, the adapters to
 start from, the examples file (the iteration's dataset version as
 TrainExample JSONL) and the output directory — and launches this module under
@@ -89,7 +89,7 @@ def weights_sha256(student) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m student.job SPEC.json (written by the loop: loop/train_job.py)", file=sys.stderr)
+        print("usage: python -m student.job SPEC.json (written by the loop: loop/core/train_job.py)", file=sys.stderr)
         return 2
     spec_path = Path(argv[0])
     spec = json.loads(spec_path.read_text())

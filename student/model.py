@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from student.chat import CHATML_TEMPLATE, NO_LENGTH_LIMIT
 from student.config import LoraConfig, ModelConfig
 from student.errors import AdapterError, GenerationError, ModelLoadError
 
@@ -48,21 +49,10 @@ ADAPTER_NAMES = ("student", "teacher")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WEIGHTS_FILE = "adapter_model.safetensors"  # PEFT's file name, so vLLM can load our adapters
 META_FILE = "distillery_adapter.json"
-# transformers' VERY_LARGE_INTEGER: a tokenizer's "no maximum length"; the
-# student's own limit is ModelConfig.max_length (see student/lengths.py)
-NO_LENGTH_LIMIT = int(1e30)
-
 # Set (to anything but "" / "0") to let the libraries' own loading warnings and
 # progress bars through; `distillery run --verbose` sets it, and jobs inherit it.
 VERBOSE_ENV = "DISTILLERY_VERBOSE"
 
-# ChatML; the fallback template for tokenizers that ship without one.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 # --------------------------------------------------------------------------- prompts

@@ -16,11 +16,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-# ChatML, the format SmolLM2-Instruct uses (student/model.py imports this module
-# lazily, so the import is one-way); eos is <|im_end|> so generation stops at
-# the end of the assistant's turn.
-from student.model import CHATML_TEMPLATE as CHAT_TEMPLATE
-from student.model import NO_LENGTH_LIMIT
+# ChatML, the format SmolLM2-Instruct uses; eos is <|im_end|> so generation
+# stops at the end of the assistant's turn.
+from student.chat import CHATML_TEMPLATE as CHAT_TEMPLATE
+from student.chat import NO_LENGTH_LIMIT
 
 # Special tokens first so their ids are stable (pad=0, unk=1, bos=2, eos=3).
 PAD, UNK, BOS, EOS, IM_START = "<|pad|>", "<|unk|>", "<|bos|>", "<|im_end|>", "<|im_start|>"

@@ -351,7 +351,7 @@ def _poll_stop(should_stop, accelerator) -> bool:
 
 def progress_bar(enabled: bool, total: int, initial: int):
     """The trainer's terminal bar (None when disabled); a training job's
-    progress is drawn with the same bar by the loop (loop/train_job.py)."""
+    progress is drawn with the same bar by the loop (loop/core/train_job.py)."""
     if not enabled:
         return None
     from tqdm.auto import tqdm

@@ -1,7 +1,7 @@
 """Client of a vLLM OpenAI-compatible server that serves the student's LoRA adapters.
 
 With generation.backend = "vllm" the loop generates through vLLM instead of
-transformers (loop/generation.py drives this client):
+transformers (loop/core/generation.py drives this client):
 
     VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve <base model> --enable-lora \\
         --max-lora-rank 64 --port 8000

@@ -43,7 +43,7 @@ from fractions import Fraction
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from student.scoring import (
+from prompts.answers import (
     _CHOICE_IN_MARKER,
     _MARKERS,
     _normalize_text,

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from loop.task import generate_task  # noqa: E402
+from loop.data.task import generate_task  # noqa: E402
 from tests.fakeserver import FakeOpenAIServer  # noqa: E402
 
 torch.set_num_threads(1)
@@ -142,7 +142,7 @@ def _toml(v):
 
 
 def make_workspace(path: Path, base_url: str, **loop_overrides) -> Path:
-    from loop.workspace import init_workspace
+    from loop.config.workspace import init_workspace
 
     init_workspace(path, "tiny")
     (path / "distillery.toml").write_text(config_toml(base_url, **loop_overrides))
@@ -174,7 +174,7 @@ def popen(*args, env_extra=None, **kw) -> subprocess.Popen:
 
 def run_inprocess(ws: Path, command: str, *args) -> int:
     """`distillery COMMAND -w WS ARGS` in this process (saves the interpreter start-up)."""
-    from loop.cli import main
+    from loop.cli.main import main
 
     return main([command, "-w", str(ws), *args])
 

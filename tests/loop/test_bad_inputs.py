@@ -19,7 +19,7 @@ from typing import Callable
 
 import pytest
 
-from loop.cli import main
+from loop.cli.main import main
 from tests.loop.helpers import db_rows
 
 # files SQLite or the lock may touch without writing anything of ours

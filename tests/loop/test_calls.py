@@ -67,7 +67,7 @@ def _json(ws, *args):
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory):
     """(workspace, server log [(teacher, k, fingerprint, fault, body)], `run` stdout, `status --json`)."""
-    from loop.workspace import init_workspace
+    from loop.config.workspace import init_workspace
 
     log: list[tuple] = []
 

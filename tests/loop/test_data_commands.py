@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from loop.cli import main
+from loop.cli.main import main
 from store import Store
 from tests.loop.helpers import db_rows
 
@@ -24,7 +24,7 @@ def cli_json(capsys, ws, *args):
 
 
 def _ws(tmp_path):
-    from loop.workspace import init_workspace
+    from loop.config.workspace import init_workspace
 
     ws = tmp_path / "ws"
     init_workspace(ws, "tiny")
@@ -37,7 +37,7 @@ def _jsonl(path, rows):
 
 
 def test_oversized_question_is_refused_before_anything_is_written(tmp_path, capsys):
-    from loop.data_import import MAX_QUESTION_CHARS
+    from loop.data.importer import MAX_QUESTION_CHARS
 
     ws = _ws(tmp_path)
     f = _jsonl(tmp_path / "big.jsonl", [{"question": "Q?", "answer": "1"},
@@ -89,7 +89,7 @@ def test_remove_list_and_restore(tmp_path, capsys):
 @pytest.mark.parametrize("field,limit", [("answer", "MAX_ANSWER_CHARS"), ("rationale", "MAX_RATIONALE_CHARS"),
                                          ("id", "MAX_ID_CHARS")])
 def test_field_limits(tmp_path, field, limit):
-    import loop.data_import as d
+    import loop.data.importer as d
 
     row = {"question": "Q?", "answer": "1", field: "y" * (getattr(d, limit) + 1)}
     with pytest.raises(d.DataError, match=rf"f.jsonl:1: \"{field}\" has .* the limit is"):

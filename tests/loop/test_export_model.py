@@ -175,7 +175,7 @@ def test_bad_targets_are_refused_with_the_fix_and_nothing_half_written(finished,
 def test_smollm2_exports_load_back_with_the_students_logits(tmp_path):
     """SmolLM2 from its GGUF: two LoRA steps, exported through the function the
     CLI calls; base/ holds the dequantized base the adapter was trained on."""
-    from loop.export_model import ExportSource, export_model
+    from loop.report.export import ExportSource, export_model
     from student.config import LoraConfig, LossConfig, ModelConfig, TrainConfig
     from student.data import TrainExample
     from student.model import load_student
@@ -202,7 +202,7 @@ def test_smollm2_exports_load_back_with_the_students_logits(tmp_path):
 
 
 def test_the_base_is_named_when_transformers_loads_it_by_name(tmp_path):
-    from loop.export_model import ExportSource, base_name, model_card
+    from loop.report.export import ExportSource, base_name, model_card
     from student.config import LoraConfig, ModelConfig
 
     hub = ModelConfig(name="example-org/student-1b")  # only named, never loaded: a hub id the card must cite

@@ -7,9 +7,9 @@ import re
 import pytest
 
 from loop.errors import UserError
-from loop.replay import apply_sets, parse_target, parse_value
-from loop.task import ensure_task, generate_task
-from student.scoring import extract_answer
+from loop.core.replay import apply_sets, parse_target, parse_value
+from loop.data.task import ensure_task, generate_task
+from prompts.answers import extract_answer
 
 
 def _recompute(rationale: str) -> int:
@@ -42,7 +42,7 @@ def test_problems_are_exact_deterministic_and_disjoint(difficulty):
 def test_ensure_task_is_idempotent(tmp_path):
     from store import Store
 
-    from loop.config import TaskConfig
+    from loop.config.schema import TaskConfig
 
     st = Store.open(tmp_path / "d.db")
     cfg = TaskConfig(pool_size=10, dev_size=5, difficulty=2)
@@ -73,8 +73,8 @@ def test_stop_rules(tmp_path):
     """patience, max_iterations, no_errors and budget on a hand-built history."""
     from store import Store
 
-    from loop.config import Config
-    from loop.orchestrator import Orchestrator
+    from loop.config.schema import Config
+    from loop.core.orchestrator import Orchestrator
 
     st = Store.open(tmp_path / "d.db")
     cfg = Config.model_validate({"loop": {"max_iterations": 10, "patience": 2, "budget_usd": 1.0}})

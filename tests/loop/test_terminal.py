@@ -32,8 +32,8 @@ def test_safe_console_escapes_strings_and_table_cells_but_keeps_its_styles():
 
 
 def test_trace_does_not_send_escape_sequences(tmp_path, capsys):
-    from loop.cli import main
-    from loop.workspace import init_workspace
+    from loop.cli.main import main
+    from loop.config.workspace import init_workspace
 
     ws = tmp_path / "ws"
     init_workspace(ws, "tiny")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from loop.errors import ConfigError, UserError
-from loop.tracking import TrackConfig, check_trackers, start
+from loop.core.tracking import TrackConfig, check_trackers, start
 from tests.loop.helpers import make_workspace, run_inprocess
 
 # MLflow's own use of SQLAlchemy 2.1 (its SQLite store); not ours to fix
@@ -189,7 +189,7 @@ def test_steps_logged_before_a_crash_are_not_logged_again(tmp_path):
 def test_unknown_tracker_is_a_config_error(tmp_path, teacher_server, capsys):
     ws = make_workspace(tmp_path / "ws", teacher_server.base_url)
     _with_track(ws, ["tensorboard", "comet"])
-    from loop.config import load_config
+    from loop.config.schema import load_config
 
     with pytest.raises(ConfigError, match=r"track\.report_to\[1\] = 'comet'.*'tensorboard' or 'mlflow' or 'wandb'"):
         load_config(ws / "distillery.toml")

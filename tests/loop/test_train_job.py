@@ -1,5 +1,5 @@
 """[train] processes = 2: each iteration trains as a torchrun job of two gloo
-ranks on the CPU, launched by the loop (loop/train_job.py, student/job.py).
+ranks on the CPU, launched by the loop (loop/core/train_job.py, student/job.py).
 
 One reference workspace runs 2 iterations uninterrupted.  A second one is
 stopped with SIGTERM while iteration 0 trains (the job checkpoints and exits,
@@ -147,9 +147,9 @@ def test_previous_teacher_without_warm_start_is_the_previous_adapter(tmp_path, t
 
 
 def test_launch_commands_and_checks(tmp_path):
-    from loop.config import Config
+    from loop.config.schema import Config
     from loop.errors import UserError
-    from loop.train_job import check_launch, command
+    from loop.core.train_job import check_launch, command
 
     cfg = Config.model_validate({"train": {"processes": 4}})
     cmd = command(cfg.train, Path("/x/spec.json"), tmp_path)

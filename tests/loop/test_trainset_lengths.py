@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from loop.orchestrator import Orchestrator
-from loop.trainset import build_train_examples
-from loop.workspace import init_workspace, load_workspace_config, open_store
+from loop.core.orchestrator import Orchestrator
+from loop.core.trainset import build_train_examples
+from loop.config.workspace import init_workspace, load_workspace_config, open_store
 from student.data import encode
 from student.lengths import MARKER, completion_ids
 

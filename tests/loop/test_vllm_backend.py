@@ -16,8 +16,8 @@ import signal
 import sqlite3
 from pathlib import Path
 
-from loop.config import load_config
-from loop.orchestrator import Orchestrator
+from loop.config.schema import load_config
+from loop.core.orchestrator import Orchestrator
 from store import Store
 from tests.loop.helpers import POOL, cli, datasets, db_rows, make_workspace, run_inprocess
 from tests.vllm_fakeserver import FakeVLLMServer
@@ -178,7 +178,7 @@ def test_the_server_not_this_process_says_what_is_loaded(tmp_path, teacher_serve
     a leftover adapter of this workspace is unloaded at the first use, a name
     the server already holds (same weights) is not loaded again, a server that
     lost the adapter (restarted) gets it again and the chunk is retried."""
-    from loop import steps as S
+    from loop.core import steps as S
 
     with FakeVLLMServer(base="tiny") as srv:
         ws = vllm_workspace(tmp_path / "ws", teacher_server.base_url, srv.url)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from loop.cli import main
-from loop.presets import preset_toml
-from loop.workspace import init_workspace, open_store
+from loop.cli.main import main
+from loop.config.presets import preset_toml
+from loop.config.workspace import init_workspace, open_store
 from store import ReadOnlyDatabase
 from tests.loop.helpers import cli
 from tests.store.test_store_faults import fingerprint, read_only

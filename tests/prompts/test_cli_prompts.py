@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from loop.cli import main  # noqa: E402
-from loop.workspace import init_workspace  # noqa: E402
+from loop.cli.main import main  # noqa: E402
+from loop.config.workspace import init_workspace  # noqa: E402
 from store import Store  # noqa: E402
 from tests.fakeserver import FakeOpenAIServer  # noqa: E402
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loop.cli import main
+from loop.cli.main import main
 from store import Store
 
 
@@ -71,7 +71,7 @@ def test_init_creates_workspace(workspace, capsys):
     assert sorted(p.name for p in (workspace / "prompts").iterdir()) == [
         "demonstration.yaml", "rationale.yaml", "refine.yaml", "student.yaml", "verify.yaml"
     ]
-    from loop.config import load_config
+    from loop.config.schema import load_config
 
     cfg = load_config(workspace / "distillery.toml")
     assert cfg.student.name == "smollm2" and cfg.teachers[0].model == "self" and cfg.loop.max_iterations == 3
@@ -111,8 +111,8 @@ def test_init_bad_preset(tmp_path, capsys):
 
 
 def test_all_presets_validate(tmp_path):
-    from loop.config import load_config
-    from loop.presets import PRESETS
+    from loop.config.schema import load_config
+    from loop.config.presets import PRESETS
 
     for name, text in PRESETS.items():
         p = tmp_path / f"{name}.toml"

@@ -72,7 +72,7 @@ def reader(db: str, ready, done, out) -> None:
 
 
 def test_concurrent_reader_and_writer_processes(tmp_path):
-    from loop.workspace import init_workspace
+    from loop.config.workspace import init_workspace
 
     init_workspace(tmp_path, "tiny")
     db = str(tmp_path / "distillery.db")

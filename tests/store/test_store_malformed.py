@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from loop.cli import main
-from loop.presets import PRESETS
+from loop.cli.main import main
+from loop.config.presets import PRESETS
 from store import Store
 
 GOOD = '{"question": "What is 2 + 2?", "answer": "4"}'
@@ -123,7 +123,7 @@ def test_malformed_toml(ws, capsys, case):
 
 
 def test_every_preset_is_valid_and_commented():
-    from loop.config import Config
+    from loop.config.schema import Config
     import tomllib
 
     for name, text in PRESETS.items():

@@ -10,7 +10,8 @@ from student.config import LossConfig, TrainConfig
 from student.data import TrainExample, collate, completion_ids, encode
 from student.errors import RowTooLong, StudentError
 from student.lengths import MARKER, LengthStats, context_budget, fit_middle
-from student.model import NO_LENGTH_LIMIT, prompt_ids
+from student.chat import NO_LENGTH_LIMIT
+from student.model import prompt_ids
 from student.teacher import encode_batch, on_policy_cap
 from student.tiny import build_tiny_tokenizer
 from student.train import train

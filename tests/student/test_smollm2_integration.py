@@ -80,7 +80,7 @@ def test_sft_steps_on_gsm8k_then_adapter_round_trip_generate_and_score(smol, tmp
     from student.data import TrainExample
     from student.generate import generate
     from student.model import prompt_ids
-    from student.scoring import extract_answer, is_correct
+    from prompts.answers import extract_answer, is_correct
     from student.train import train
 
     rows = gsm8k_rows(4)

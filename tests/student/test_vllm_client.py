@@ -159,7 +159,7 @@ def test_a_saved_student_adapter_is_what_vllm_expects(tmp_path, tiny_student):
 
 def test_an_untrained_adapter_answers_like_the_base_model(tiny_student):
     """The loop asks vLLM's base model for the untrained adapter instead of
-    loading it (loop/generation.py): a freshly initialised LoRA has B = 0."""
+    loading it (loop/core/generation.py): a freshly initialised LoRA has B = 0."""
     from student.generate import generate
 
     b = [p for n, p in tiny_student.adapter_params("student").items() if "lora_B" in n]

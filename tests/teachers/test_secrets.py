@@ -130,7 +130,7 @@ def test_a_planted_key_is_nowhere_in_the_workspace(fake_server, make_cfg, monkey
         (attempts,) = store.conn.execute("SELECT attempts FROM teacher_calls WHERE teacher = 'raw'").fetchone()
         assert attempts == 1
 
-        # 4. the run's config, stored the way loop/orchestrator.py _open_run stores it
+        # 4. the run's config, stored the way loop/core/orchestrator.py _open_run stores it
         config = {"teachers": [good.model_dump(mode="json"), leaky.model_dump(mode="json"), raw],
                   "generation": {"vllm_base_url": f"http://user:{SECRET}@127.0.0.1:1/v1"}}
         store.create_run("main", redact(config))
@@ -149,7 +149,7 @@ def test_a_planted_key_is_nowhere_in_the_workspace(fake_server, make_cfg, monkey
 
 def test_prices_are_not_credentials_and_a_redacted_config_still_validates():
     """input_cost_per_token holds the word "token": masking it broke every replay of a priced run."""
-    from loop.config import Config
+    from loop.config.schema import Config
 
     cfg = Config.model_validate({"teachers": [{"name": "t", "model": "openai/x", "api_base": "http://127.0.0.1:1/v1",
                                                 "input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}]})

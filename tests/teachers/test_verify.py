@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from loop.task import generate_task
+from loop.data.task import generate_task
 from teachers.verify import REASONS, VerifyConfig, check_rationale, parse_verdict, similarity
 
 Q = "Ava has 5 apples. Then Ava buys 3 more apples. How many apples does Ava have now?"

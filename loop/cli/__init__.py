@@ -1,0 +1,1 @@
+"""The `distillery` commands, one module per command group."""

@@ -1,0 +1,1 @@
+"""Distillery.toml: the settings model, its error messages, presets, the workspace."""

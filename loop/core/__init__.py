@@ -1,0 +1,1 @@
+"""The iteration core: orchestrator, steps, replay, generation and the training job."""

@@ -1,0 +1,1 @@
+"""The examples: the built-in task and `data add` imports."""
