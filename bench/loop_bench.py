@@ -73,7 +73,7 @@ def main() -> int:
         t0 = time.perf_counter()
         o.preflight()
         load = time.perf_counter() - t0
-        out = o.execute()
+        out = o.run_iterations()
         st.close()
     t = o.timings
     wall = t.get("iteration", 0.0)

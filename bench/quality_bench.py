@@ -67,7 +67,7 @@ def run(ws: Path, cfg, name: str, iterations: int):
                          console=Console(file=open(os.devnull, "w")), quiet=True, max_iterations=iterations)
         o.show_train_progress = False
         o.preflight()
-        out = o.execute()
+        out = o.run_iterations()
         return out, done_iterations(st, st.get_run(name))
     finally:
         st.close()

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from store.db import Store  # noqa: E402
 from teachers import TeacherConfig, TeacherPool, TeacherRequest  # noqa: E402
-from teachers.client import _import_litellm  # noqa: E402
+from teachers.provider import import_litellm  # noqa: E402
 from tests.fakeserver import FakeServerProcess  # noqa: E402
 
 
@@ -71,7 +71,7 @@ def main() -> None:
     n = args.n or (30 if args.quick else 120) * args.concurrency
     n_seq = 8 if args.quick else 24
     L, C = args.latency, args.concurrency
-    litellm = _import_litellm()
+    litellm = import_litellm()
 
     with FakeServerProcess(latency=L) as srv, tempfile.TemporaryDirectory() as tmp:
         cfg = TeacherConfig(name="bench", model="openai/fake", api_base=srv.base_url, temperature=0.0,

@@ -4,9 +4,12 @@
 where the file cannot be written (so a read-only workspace can be inspected),
 and its connection turns sqlite3 errors about the file into DatabaseFaults
 (store/errors.py) at every statement and fetch, so no caller sees a raw
-"database disk image is malformed".  Domain APIs (examples, predictions,
-rationales, datasets, views) live in sibling modules and are attached as
-methods of `Store` or take a `Store` as their first argument.
+"database disk image is malformed".  Domain APIs live in sibling modules,
+mixed into `Store`: records.py (runs, examples, prompts, iterations,
+predictions, rationales, events), calls.py (the teacher-call cache, batch
+jobs), versions.py (dataset versions, replays), views.py (diff, lineage,
+teacher-call views) and queries.py (what the CLI shows).  No SQL runs outside
+store/: the rest of the code calls these methods.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import sqlite_utils
-
+from .calls import CallsMixin
 from .errors import ReadOnlyDatabase, translate
+from .queries import QueriesMixin
 from .records import RecordsMixin
 from .schema import apply_migrations
 from .util import now, sha256_text
@@ -61,8 +64,8 @@ class _Cursor(sqlite3.Cursor):
 
 
 class _Connection(sqlite3.Connection):
-    """sqlite3.Connection whose cursors (also those of conn.execute, which
-    sqlite-utils uses) translate file faults; knows the path they name."""
+    """sqlite3.Connection whose cursors (also those of conn.execute)
+    translate file faults; knows the path they name."""
 
     path: Path
     readonly_reason: str | None = None
@@ -129,7 +132,7 @@ def _connect(path: Path, readonly_reason: str | None) -> _Connection:
     return conn
 
 
-class Store(RecordsMixin, VersionsMixin, ViewsMixin):
+class Store(RecordsMixin, CallsMixin, VersionsMixin, ViewsMixin, QueriesMixin):
     """A workspace database.  Safe to open from several processes at once:
     WAL lets readers proceed while one writer commits, and every multi-row
     change happens inside `transaction()` so readers never see half of it."""
@@ -171,7 +174,6 @@ class Store(RecordsMixin, VersionsMixin, ViewsMixin):
                     p.unlink(missing_ok=True)
             raise
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
         self._depth = 0
 

@@ -1,5 +1,6 @@
 """Domain records: runs, examples, prompt versions, iterations and their steps,
-predictions, teacher calls (the cache), rationales with lineage, events.
+predictions, rationales with lineage, events.  (Teacher calls, the cache, and
+their batch jobs are in store/calls.py.)
 
 A mixin of `Store`: every method uses `self.conn` and `self.transaction()`.
 Every write is idempotent where the loop may repeat it after a crash
@@ -9,21 +10,12 @@ step never duplicates a row.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable
 
 from .errors import Ambiguous, NotFound
 from .util import content_id, dumps, loads, now, sha256_text
 
 SPLITS = ("pool", "dev")
-
-# Columns of teacher_calls that record_teacher_call accepts as keyword
-# arguments, besides `text` (the completion, stored content-addressed).
-_CALL_FIELDS = {
-    "teacher", "model", "template", "prompt_version", "request", "response",
-    "status", "error_type", "error", "attempts", "latency_s", "prompt_tokens",
-    "completion_tokens", "cost_usd", "run_id", "k",
-}
 
 
 def example_id(question: str, answer: str | None) -> str:
@@ -224,6 +216,10 @@ class RecordsMixin:
         )
         return [dict(zip(("id", "name", "body", "created"), r)) for r in rows]
 
+    def has_prompt_version(self, version_id: str) -> bool:
+        """Whether a template version (its id, the hash of its body) is stored."""
+        return self.conn.execute("SELECT 1 FROM prompt_versions WHERE id = ?", (version_id,)).fetchone() is not None
+
     # ------------------------------------------------------------ iterations
     def start_iteration(self, run_id: int, k: int) -> None:
         """Create iteration k (status running); a no-op if it exists."""
@@ -371,64 +367,6 @@ class RecordsMixin:
         r = self.conn.execute(self._PRED_SQL + " WHERE p.id = ?", (prediction_id,)).fetchone()
         return self._pred_row(r) if r else None
 
-    # --------------------------------------------------- teacher calls (cache)
-    def get_teacher_call(self, key: str) -> dict | None:
-        r = self.conn.execute("SELECT * FROM teacher_calls WHERE key = ?", (key,)).fetchone()
-        if r is None:
-            return None
-        cols = [d[0] for d in self.conn.execute("SELECT * FROM teacher_calls LIMIT 0").description]
-        d = dict(zip(cols, r))
-        for f in ("request", "response"):
-            try:
-                d[f] = loads(d[f])
-            except (TypeError, json.JSONDecodeError):
-                pass  # a plain string response stays a string
-        d["text"] = self.get_text(d["response_hash"])
-        return d
-
-    def record_teacher_call(self, key: str, **fields: Any) -> None:
-        """Upsert one call.  A stored success (status "ok") is never overwritten:
-        the cache must not pay twice nor change an answer already used.
-        `text=` is the completion text (stored once by hash); `attempts` add up
-        over failed tries."""
-        unknown = set(fields) - _CALL_FIELDS - {"text"}
-        if unknown:
-            raise TypeError(f"record_teacher_call: unknown fields {sorted(unknown)}")
-        vals = {f: v for f, v in fields.items() if f != "text"}
-        for f in ("request", "response"):
-            if f in vals and not isinstance(vals[f], str) and vals[f] is not None:
-                vals[f] = dumps(vals[f])
-        with self.transaction() as c:
-            if "text" in fields and fields["text"] is not None:
-                vals["response_hash"] = self.put_text(fields["text"])
-            old = c.execute("SELECT status, attempts FROM teacher_calls WHERE key = ?", (key,)).fetchone()
-            t = now()
-            if old is None:
-                vals.setdefault("request", "{}")
-                vals.setdefault("status", "ok" if vals.get("response_hash") else "error")
-                vals.update(key=key, created=t, updated=t)
-                cols = ", ".join(vals)
-                c.execute(
-                    f"INSERT INTO teacher_calls ({cols}) VALUES ({', '.join('?' * len(vals))})",
-                    tuple(vals.values()),
-                )
-                return
-            if old[0] == "ok":
-                return
-            vals["attempts"] = (old[1] or 0) + int(vals.get("attempts", 1))
-            vals["updated"] = t
-            sets = ", ".join(f"{f} = ?" for f in vals)
-            c.execute(f"UPDATE teacher_calls SET {sets} WHERE key = ?", tuple(vals.values()) + (key,))
-
-    def spend(self, run_id: int | None = None) -> float:
-        if run_id is None:
-            v = self.conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM teacher_calls").fetchone()[0]
-        else:
-            v = self.conn.execute(
-                "SELECT COALESCE(SUM(cost_usd), 0) FROM teacher_calls WHERE run_id = ?", (run_id,)
-            ).fetchone()[0]
-        return float(v)
-
     # ------------------------------------------------------------ rationales
     def add_rationale(
         self,
@@ -562,74 +500,4 @@ class RecordsMixin:
             d = dict(zip(keys, r))
             d["data"] = loads(d["data"])
             out.append(d)
-        return out
-
-    # ------------------------------------------------------- teacher batches
-    # Batch jobs of batch teachers (m004; teachers/batch.py): one row per job,
-    # its lines by cache key.  Open = not finished: its results are not all in
-    # teacher_calls yet (status shows these, with their request counts).
-    _BATCH_COLS = ("id", "batch_id", "teacher", "model", "api_base", "input_file_id", "status", "total",
-                   "completed", "failed", "output_file_id", "error_file_id", "run_id", "k", "created", "updated",
-                   "finished")
-    _BATCH_UPDATABLE = {"batch_id", "status", "completed", "failed", "output_file_id", "error_file_id"}
-
-    def add_teacher_batch(self, *, teacher: str, model: str, api_base: str | None, input_file_id: str,
-                          keys: Iterable[str], run_id: int | None = None, k: int | None = None) -> int:
-        """A job about to be created at the provider (status 'submitting'), with its
-        lines; returns the row id."""
-        keys = list(dict.fromkeys(keys))
-        t = now()
-        with self.transaction() as c:
-            cur = c.execute(
-                "INSERT INTO teacher_batches (teacher, model, api_base, input_file_id, status, total, run_id, k,"
-                " created, updated) VALUES (?, ?, ?, ?, 'submitting', ?, ?, ?, ?, ?)",
-                (teacher, model, api_base, input_file_id, len(keys), run_id, k, t, t))
-            row_id = int(cur.lastrowid)
-            c.executemany("INSERT INTO teacher_batch_lines (batch, key) VALUES (?, ?)", [(row_id, x) for x in keys])
-        return row_id
-
-    def update_teacher_batch(self, row_id: int, *, finish: bool = False, **fields: Any) -> None:
-        """Set what the provider last said (batch_id, status, completed, failed,
-        output_file_id, error_file_id); `finish` marks its results as harvested."""
-        unknown = set(fields) - self._BATCH_UPDATABLE
-        if unknown:
-            raise TypeError(f"update_teacher_batch: unknown fields {sorted(unknown)}")
-        vals = {**fields, "updated": now()}
-        if finish:
-            vals["finished"] = vals["updated"]
-        with self.transaction() as c:
-            c.execute(f"UPDATE teacher_batches SET {', '.join(f'{f} = ?' for f in vals)} WHERE id = ?",
-                      (*vals.values(), row_id))
-
-    def get_teacher_batch(self, row_id: int) -> dict | None:
-        r = self.conn.execute(f"SELECT {', '.join(self._BATCH_COLS)} FROM teacher_batches WHERE id = ?",
-                              (row_id,)).fetchone()
-        return dict(zip(self._BATCH_COLS, r)) if r else None
-
-    def open_batches(self, *, teacher: str | None = None, run_id: int | None = None) -> list[dict]:
-        """Batch jobs whose results are not in yet, oldest first: for `status`
-        (status, total / completed / failed as last polled, created, updated)."""
-        sql = f"SELECT {', '.join(self._BATCH_COLS)} FROM teacher_batches WHERE finished IS NULL"
-        args: list[Any] = []
-        for col, v in (("teacher", teacher), ("run_id", run_id)):
-            if v is not None:
-                sql += f" AND {col} = ?"
-                args.append(v)
-        return [dict(zip(self._BATCH_COLS, r)) for r in self.conn.execute(sql + " ORDER BY id", args).fetchall()]
-
-    def teacher_batch_keys(self, row_id: int) -> list[str]:
-        return [r[0] for r in self.conn.execute(
-            "SELECT key FROM teacher_batch_lines WHERE batch = ? ORDER BY rowid", (row_id,)).fetchall()]
-
-    def open_batch_lines(self, teacher: str, keys: Iterable[str]) -> dict[str, int]:
-        """{key: row id of the oldest open batch of `teacher` holding it} for the given keys."""
-        keys = list(dict.fromkeys(keys))
-        out: dict[str, int] = {}
-        for i in range(0, len(keys), 500):  # under SQLite's limit on bound parameters
-            chunk = keys[i:i + 500]
-            rows = self.conn.execute(
-                "SELECT l.key, MIN(b.id) FROM teacher_batch_lines l JOIN teacher_batches b ON b.id = l.batch"
-                f" WHERE b.teacher = ? AND b.finished IS NULL AND l.key IN ({', '.join('?' * len(chunk))})"
-                " GROUP BY l.key", (teacher, *chunk)).fetchall()
-            out.update({k: int(b) for k, b in rows})
         return out

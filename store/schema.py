@@ -1,9 +1,10 @@
 """Named, append-only migrations for the workspace database.
 
 Rules (as in simonw/llm): a migration is never edited once it has shipped; a
-schema change is a new function appended to MIGRATIONS.  `apply_migrations`
-runs every migration not yet recorded in `_migrations`, all inside one
-transaction, so a database is either fully at the new schema or untouched.
+schema change is a new function appended to MIGRATIONS, returning its SQL
+script (statements ending in `;`).  `apply_migrations` runs every migration
+not yet recorded in `_migrations`, all inside one transaction, so a database
+is either fully at the new schema or untouched.
 A file it must not migrate (written by a newer version, not ours, or blank
 when the caller did not just create it) is refused with a DatabaseFault
 before anything is written.
@@ -16,19 +17,18 @@ from typing import Callable
 
 from .errors import EmptyDatabase, ForeignDatabase, NewerDatabase, ReadOnlyDatabase
 
-Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: list[tuple[str, Migration]] = []
+# (name, SQL script) in the order they apply
+MIGRATIONS: list[tuple[str, str]] = []
 
 
-def migration(fn: Migration) -> Migration:
-    MIGRATIONS.append((fn.__name__, fn))
+def migration(fn: Callable[[], str]) -> Callable[[], str]:
+    MIGRATIONS.append((fn.__name__, fn()))
     return fn
 
 
 @migration
-def m001_initial(conn: sqlite3.Connection) -> None:
-    conn.executescript(
-        """
+def m001_initial() -> str:
+    return """
         -- Content-addressed text: every rationale, model output and prompt body
         -- is stored once, keyed by sha256 hex of its UTF-8 bytes.
         CREATE TABLE texts (
@@ -173,13 +173,11 @@ def m001_initial(conn: sqlite3.Connection) -> None:
         );
         CREATE INDEX events_run ON events(run_id, id);
         """
-    )
 
 
 @migration
-def m002_rationale_verdicts(conn: sqlite3.Connection) -> None:
-    conn.executescript(
-        """
+def m002_rationale_verdicts() -> str:
+    return """
         -- Why a rationale was not accepted (verify's structural checks or judge,
         -- or agree: wrong answer / no majority); NULL when accepted or not judged.
         ALTER TABLE rationales ADD COLUMN rejected_reason TEXT;
@@ -203,13 +201,11 @@ def m002_rationale_verdicts(conn: sqlite3.Connection) -> None:
         );
         CREATE INDEX verdicts_rationale ON verdicts(rationale_id);
         """
-    )
 
 
 @migration
-def m003_example_removals(conn: sqlite3.Connection) -> None:
-    conn.executescript(
-        """
+def m003_example_removals() -> str:
+    return """
         -- `distillery data remove`: an example taken out of the pool/dev sets.
         -- The examples row stays (predictions, rationales and dataset versions
         -- refer to it); this row says it no longer takes part, since when and why.
@@ -220,13 +216,11 @@ def m003_example_removals(conn: sqlite3.Connection) -> None:
             created TEXT NOT NULL
         );
         """
-    )
 
 
 @migration
-def m004_teacher_batches(conn: sqlite3.Connection) -> None:
-    conn.executescript(
-        """
+def m004_teacher_batches() -> str:
+    return """
         -- Batch jobs of batch teachers (teachers/batch.py).  A row is written
         -- before the batch is created at the provider (batch_id NULL until the
         -- provider answers), so a restarted run finds the job it submitted and
@@ -262,7 +256,6 @@ def m004_teacher_batches(conn: sqlite3.Connection) -> None:
         );
         CREATE INDEX teacher_batch_lines_key ON teacher_batch_lines(key);
         """
-    )
 
 
 def _state(conn: sqlite3.Connection) -> tuple[dict[str, str], list[str]]:
@@ -273,7 +266,7 @@ def _state(conn: sqlite3.Connection) -> tuple[dict[str, str], list[str]]:
     return done, [t for t in tables if t != "_migrations"]
 
 
-def _pending(conn: sqlite3.Connection, *, create: bool) -> list[tuple[str, Migration]]:
+def _pending(conn: sqlite3.Connection, *, create: bool) -> list[tuple[str, str]]:
     """The migrations still to apply.  Refuses a file that must not be
     migrated: one a newer version wrote (a recorded name this code does not
     know), an SQLite file that is not ours, and, unless `create`, a blank one
@@ -321,8 +314,8 @@ def apply_migrations(conn: sqlite3.Connection, *, create: bool = True, readonly:
     try:
         pending = _pending(conn, create=create)
         conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)")
-        for name, fn in pending:
-            for stmt in _split_script(fn):
+        for name, script in pending:
+            for stmt in split_statements(script):
                 conn.execute(stmt)
             conn.execute(
                 "INSERT INTO _migrations (name, applied) VALUES (?, datetime('now'))", (name,)
@@ -334,32 +327,17 @@ def apply_migrations(conn: sqlite3.Connection, *, create: bool = True, readonly:
     return [n for n, _ in pending]
 
 
-class _Recorder:
-    """Captures the script a migration would run so it can be executed statement
-    by statement inside our own transaction (executescript would commit)."""
-
-    def __init__(self) -> None:
-        self.scripts: list[str] = []
-
-    def executescript(self, script: str) -> None:
-        self.scripts.append(script)
-
-    def execute(self, sql: str, params=()) -> None:  # pragma: no cover - unused so far
-        self.scripts.append(sql)
-
-
-def _split_script(fn: Migration) -> list[str]:
-    rec = _Recorder()
-    fn(rec)  # type: ignore[arg-type]
+def split_statements(script: str) -> list[str]:
+    """The statements of an SQL script, each with its `;`.  A `;` ends a
+    statement only where sqlite3.complete_statement says so (not inside a
+    string, a comment or a trigger's BEGIN ... END); text after the last one
+    is a last statement (blanks or comments alone run as a no-op)."""
     stmts: list[str] = []
-    for script in rec.scripts:
-        buf = ""
-        for line in script.splitlines(keepends=True):
-            buf += line
-            if sqlite3.complete_statement(buf):
-                if buf.strip():
-                    stmts.append(buf.strip())
-                buf = ""
-        if buf.strip():
-            stmts.append(buf.strip())
+    start = 0
+    for i, ch in enumerate(script):
+        if ch == ";" and sqlite3.complete_statement(script[start:i + 1]):
+            stmts.append(script[start:i + 1].strip())
+            start = i + 1
+    if script[start:].strip():
+        stmts.append(script[start:].strip())
     return stmts

@@ -36,3 +36,8 @@ def loads(text: str | None) -> Any:
     if text is None:
         return None
     return json.loads(text)
+
+
+def compact_json(obj: Any) -> str:
+    """Canonical JSON: sorted keys, no spaces (what the cache stores)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)

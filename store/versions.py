@@ -35,6 +35,15 @@ class VersionsMixin:
             return self._chain(parent, k)
         return self._chain(parent, pk) + [(run_id, pk, k)]
 
+    def _owner(self, run_id: int, k: int) -> int:
+        """The run that holds iteration k's own rows (a replay inherits k <= parent_k)."""
+        row = self.conn.execute("SELECT parent_run, parent_k FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no run with id {run_id}")
+        if row[0] is not None and k <= row[1]:
+            return self._owner(row[0], k)
+        return run_id
+
     def _latest(self, run_id: int, lo: int, hi: int, only: str | None = None) -> Iterator[tuple[str, list[Demo]]]:
         """(example_id, demonstrations) of the latest version in (lo, hi] of
         each example of one run, by example id; [] means removed.  `only`
@@ -122,12 +131,13 @@ class VersionsMixin:
             return self._overlay(run_id, k)
 
     def changed_examples(self, run_id: int, k: int) -> list[str]:
-        """Examples whose rows were written at version k of this run."""
+        """Examples whose rows were written at version k of this run (a k that
+        a replay inherits: by the run it inherits it from), by id."""
         return [
             r[0]
             for r in self.conn.execute(
                 "SELECT DISTINCT example_id FROM dataset_entries WHERE run_id = ? AND k = ? ORDER BY example_id",
-                (run_id, k),
+                (self._owner(run_id, k), k),
             )
         ]
 

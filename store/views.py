@@ -19,7 +19,7 @@ from .errors import NotFound
 EVAL_PHASE = "eval"
 
 # The columns of a teacher call as views show it (not the request and response
-# bodies: `get_teacher_call(key)` has those).
+# bodies: `get_teacher_call(key)`, store/calls.py, has those).
 CALL_COLUMNS = (
     "key", "teacher", "model", "template", "prompt_version", "status", "error_type", "error", "attempts",
     "latency_s", "prompt_tokens", "completion_tokens", "cost_usd", "run_id", "k", "created", "updated",
@@ -39,15 +39,6 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class ViewsMixin:
-    def _owner(self, run_id: int, k: int) -> int:
-        """The run that holds iteration k's own rows (a replay inherits k <= parent_k)."""
-        row = self.conn.execute("SELECT parent_run, parent_k FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no run with id {run_id}")
-        if row[0] is not None and k <= row[1]:
-            return self._owner(row[0], k)
-        return run_id
-
     def _correctness(self, run_id: int, k: int) -> dict[str, bool]:
         owner = self._owner(run_id, k)
         rows = self.conn.execute(

@@ -47,17 +47,15 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from . import cache
 from .budget import Reservation, batch_prices, estimate_cost
-from .client import CallResult, Prepared, TeacherClient, _import_litellm, endpoint_key
+from .client import CallResult, Prepared, TeacherClient, TeacherRequest
 from .config import redact
 from .errors import (FATAL, BudgetExceeded, TeacherBadRequest, TeacherBadResponse, TeacherBatchIncomplete,
                      TeacherError, line_error, translate)
-
-if TYPE_CHECKING:
-    from .pool import TeacherRequest
+from .provider import endpoint_key, import_litellm
 
 # LiteLLM's async files/batches functions build their request coroutine in an executor
 # thread; a cancelled poll drops it, and now and then one is collected unawaited after a call
@@ -110,7 +108,7 @@ class BatchRunner:
         if not self.lines:
             return
         self._key = endpoint_key(self.cfg.name, self.cfg.api_key_env, self.cfg.api_base)
-        self._litellm = _import_litellm()
+        self._litellm = import_litellm()
         self._model, self._provider, _, _ = self._litellm.get_llm_provider(self.cfg.model, api_base=self.cfg.api_base)
         adopted = self.store.open_batch_lines(self.cfg.name, self.lines)
         rows = []

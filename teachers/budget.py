@@ -27,14 +27,17 @@ from typing import Any
 
 from .config import TeacherConfig
 from .errors import BudgetExceeded
+from .provider import import_litellm
 
 # Floating-point slack: N calls of cost c must fit in a budget of exactly N*c.
 _EPS = 1e-9
 
 
 def estimate_prompt_tokens(messages: list[dict]) -> int:
-    """A cheap upper-ish estimate (about 4 characters per token, plus per-message overhead).
-    Used for token buckets and budget reservations, never for billing."""
+    """A cheap upper-ish estimate: one token per 3 characters (English text runs
+    nearer 4, so this errs high, as a reservation should), plus 4 tokens per
+    message and 2 for the reply's start.  Used for token buckets and budget
+    reservations, never for billing."""
     chars = sum(len(str(m.get("content") or "")) for m in messages)
     return chars // 3 + 4 * len(messages) + 2
 
@@ -43,8 +46,7 @@ def prices(cfg: TeacherConfig) -> tuple[float, float] | None:
     """(input, output) USD per token, or None when unknown (treated as free)."""
     if cfg.input_cost_per_token is not None or cfg.output_cost_per_token is not None:
         return (cfg.input_cost_per_token or 0.0, cfg.output_cost_per_token or 0.0)
-    import litellm
-
+    litellm = import_litellm()
     try:
         info = litellm.get_model_info(cfg.model)
     except Exception:
@@ -65,8 +67,7 @@ def batch_prices(cfg: TeacherConfig, p: tuple[float, float] | None) -> tuple[flo
         return None
     if cfg.input_cost_per_token is not None or cfg.output_cost_per_token is not None:
         return (p[0] / 2, p[1] / 2)
-    import litellm
-
+    litellm = import_litellm()
     try:
         info = litellm.get_model_info(cfg.model)
     except Exception:

@@ -8,10 +8,12 @@ key must never be hashed into anything we store.  Every row written goes
 through `redact` (request and error): whatever a setting smuggled in, no
 credential reaches the table.
 
-A success is written once and never overwritten (`INSERT ... ON CONFLICT ...
-WHERE status != 'ok'`), so a cached answer is never requested or paid again;
-an error row is replaced by the next attempt's outcome.  All SQL on the cache
-lives in this module.
+The rows live in the store (store/calls.py: `Store.get_teacher_call`,
+`Store.record_teacher_call`, `Store.spend`), which keeps their one rule: a
+success is written once and never overwritten, so a cached answer is never
+requested or paid again; an error row is replaced by the next attempt's
+outcome, its attempts and cost added to the row's.  This module computes the
+key, masks credentials and gives the rows as `CachedCall`; it runs no SQL.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from .config import redact
@@ -53,23 +54,16 @@ class CachedCall:
     attempts: int
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
 def get(store: Any, key: str) -> CachedCall | None:
-    row = store.conn.execute(
-        "SELECT c.status, t.body, c.error_type, c.error, c.cost_usd, c.attempts "
-        "FROM teacher_calls c LEFT JOIN texts t ON t.hash = c.response_hash WHERE c.key = ?",
-        (key,),
-    ).fetchone()
+    row = store.get_teacher_call(key)
     if row is None:
         return None
-    return CachedCall(key, row[0], row[1], row[2], row[3], float(row[4] or 0.0), int(row[5] or 0))
+    return CachedCall(key, row["status"], row["text"], row["error_type"], row["error"],
+                      float(row["cost_usd"] or 0.0), int(row["attempts"] or 0))
 
 
 def prompt_version_exists(store: Any, version: str) -> bool:
-    return store.conn.execute("SELECT 1 FROM prompt_versions WHERE id = ?", (version,)).fetchone() is not None
+    return store.has_prompt_version(version)
 
 
 def record(store: Any, key: str, *, teacher: str, model: str, template: str | None, prompt_version: str | None,
@@ -78,38 +72,17 @@ def record(store: Any, key: str, *, teacher: str, model: str, template: str | No
            latency_s: float | None = None, prompt_tokens: int | None = None,
            completion_tokens: int | None = None, cost_usd: float = 0.0,
            run_id: int | None = None, k: int | None = None, secrets: tuple[str, ...] = ()) -> None:
-    """Upsert one call's outcome in one transaction.  A stored success is kept
-    as is; attempts accumulate across runs so flaky teachers are visible.
-    `secrets` (the key the call used) are masked wherever they appear."""
-    now = _now()
-    request, error = redact(request, secrets), redact(error, secrets)
-    with store.transaction() as conn:
-        text_hash = store.put_text(text) if text is not None else None
-        conn.execute(
-            """
-            INSERT INTO teacher_calls (key, teacher, model, template, prompt_version, request, response,
-                response_hash, status, error_type, error, attempts, latency_s, prompt_tokens,
-                completion_tokens, cost_usd, run_id, k, created, updated)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT(key) DO UPDATE SET
-                teacher = excluded.teacher, model = excluded.model, response = excluded.response,
-                response_hash = excluded.response_hash, status = excluded.status,
-                error_type = excluded.error_type, error = excluded.error,
-                attempts = teacher_calls.attempts + excluded.attempts, latency_s = excluded.latency_s,
-                prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens,
-                cost_usd = teacher_calls.cost_usd + excluded.cost_usd,
-                run_id = excluded.run_id, k = excluded.k, updated = excluded.updated
-            WHERE teacher_calls.status != 'ok'
-            """,
-            (key, teacher, model, template, prompt_version, canonical_json(request),
-             canonical_json(response) if response is not None else None, text_hash, status, error_type, error,
-             attempts, latency_s, prompt_tokens, completion_tokens, cost_usd, run_id, k, now, now),
-        )
+    """Record one call's outcome (Store.record_teacher_call: a stored success
+    is kept as is; attempts and cost accumulate across tries, so flaky
+    teachers are visible).  `secrets` (the key the call used) are masked
+    wherever they appear in the request and the error."""
+    store.record_teacher_call(
+        key, teacher=teacher, model=model, template=template, prompt_version=prompt_version,
+        request=redact(request, secrets), status=status, text=text, response=response, error_type=error_type,
+        error=redact(error, secrets), attempts=attempts, latency_s=latency_s, prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens, cost_usd=cost_usd, run_id=run_id, k=k,
+    )
 
 
 def spend(store: Any, run_id: int | None = None) -> float:
-    if run_id is None:
-        row = store.conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM teacher_calls").fetchone()
-    else:
-        row = store.conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM teacher_calls WHERE run_id = ?", (run_id,)).fetchone()
-    return float(row[0])
+    return store.spend(run_id)

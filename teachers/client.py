@@ -25,11 +25,9 @@ recorded) for this path and the batch path (teachers/batch.py) alike.
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
@@ -39,11 +37,21 @@ from .budget import Budget, call_cost, estimate_cost, estimate_prompt_tokens, pr
 from .config import TeacherConfig, redact
 from .errors import FATAL, RETRYABLE, TeacherAuthError, TeacherBadRequest, TeacherBadResponse, TeacherError, translate
 from .limits import RateLimiter
+from .provider import endpoint_key, import_litellm
 from .router import answered_by, build_router, routed_attempts
 
-# A local OpenAI-compatible server needs *some* key in the Authorization header;
-# sending a dummy one keeps a real OPENAI_API_KEY from leaking to it.
-LOCAL_DUMMY_KEY = "local-server-no-key"
+
+@dataclass
+class TeacherRequest:
+    """One call asked of the pool (teachers/pool.py), or of the batch path (teachers/batch.py)."""
+    teacher: str  # a configured teacher name
+    messages: list[dict]
+    template: Any = None  # template name or prompts.Template
+    prompt_version: str | None = None
+    sample_index: int = 0
+    run_id: int | None = None
+    k: int | None = None
+    tag: Any = field(default=None, compare=False)  # echoed back in CallResult.tag
 
 
 @dataclass
@@ -67,33 +75,6 @@ class Prepared:
     messages: list[dict]
     params: dict[str, Any]
     record: dict[str, Any]  # keyword arguments of cache.record shared by every outcome
-
-
-@functools.cache  # once per process: setLevel walks every logger, and this sits on each call's path
-def _import_litellm():
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
-
-    litellm.suppress_debug_info = True
-    litellm.telemetry = False
-    # LiteLLM logs each failed attempt (and event-loop changes of its logging
-    # worker) as warnings; we record failures ourselves, with the teacher's name.
-    logging.getLogger("LiteLLM").setLevel(logging.ERROR)
-    return litellm
-
-
-def endpoint_key(teacher: str, api_key_env: str | None, api_base: str | None) -> str | None:
-    """An endpoint's key from the environment (never stored).  None lets LiteLLM
-    use the provider's standard variable."""
-    if api_key_env:
-        val = os.environ.get(api_key_env)
-        if not val:
-            raise TeacherAuthError(f"environment variable {api_key_env} is not set; export {api_key_env}=<your key> "
-                                   f"(api_key_env in distillery.toml names it)", teacher=teacher)
-        return val
-    if api_base:
-        return LOCAL_DUMMY_KEY
-    return None
 
 
 def litellm_pricing(cfg: TeacherConfig, p: tuple[float, float] | None) -> dict[str, Any]:
@@ -300,7 +281,7 @@ class TeacherClient:
         teacher's endpoint, or its Router over the deployments (built on first
         use, as it needs the keys).  TeacherAuthError when a key is missing."""
         cfg = self.cfg
-        litellm = _import_litellm()
+        litellm = import_litellm()
         if cfg.deployments:
             if self._router is None:
                 keys = [endpoint_key(cfg.name, d.api_key_env, d.api_base) for d in cfg.endpoints()]

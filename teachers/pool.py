@@ -15,6 +15,8 @@ the batch: an iteration must not go on as if it had heard from it.
 The requests of a `batch = true` teacher go through teachers/batch.py
 (BatchRunner: one batch job, same cache keys, results delivered as the job
 ends); those of every other teacher one by one through TeacherClient.complete.
+TeacherRequest and CallResult are teachers/client.py's, so that batch.py
+needs nothing from this module.
 """
 
 from __future__ import annotations
@@ -23,27 +25,14 @@ import asyncio
 import contextlib
 import gc
 import threading
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from . import cache
 from .batch import BatchRunner
 from .budget import Budget
-from .client import CallResult, TeacherClient
+from .client import CallResult, TeacherClient, TeacherRequest
 from .config import TeacherConfig
 from .errors import BudgetExceeded, TeacherCallsFailed, TeacherError
-
-
-@dataclass
-class TeacherRequest:
-    teacher: str  # a configured teacher name
-    messages: list[dict]
-    template: Any = None  # template name or prompts.Template
-    prompt_version: str | None = None
-    sample_index: int = 0
-    run_id: int | None = None
-    k: int | None = None
-    tag: Any = field(default=None, compare=False)  # echoed back in CallResult.tag
 
 
 class TeacherPool:

@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import TeacherConfig
+from .provider import import_litellm
 
 _PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token")
 
@@ -40,7 +41,7 @@ def build_router(cfg: TeacherConfig, keys: list[str | None], pricing: dict[str, 
     """A litellm.Router over cfg.endpoints(), with `keys[i]` for endpoint i and the
     per-token prices of `pricing` (client.litellm_pricing: empty for a model
     LiteLLM prices itself) on every deployment, as Router prices a deployment."""
-    import litellm
+    litellm = import_litellm()
 
     rates = {k: pricing[k] for k in _PRICE_KEYS if k in pricing}
     model_list = []

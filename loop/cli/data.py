@@ -6,7 +6,7 @@ the pool and dev sets as an event of its own (store: example_removals plus an
 events row): nothing is deleted, so the predictions, rationales and dataset
 versions that mention them stay inspectable, and `data add` of the same line
 restores them.  A removed example is no longer mined, taught, scored or
-trained on: the next dataset version drops it (loop/core/steps.py: version).
+trained on: the next dataset version drops it (loop/core/steps/version.py).
 """
 
 from __future__ import annotations

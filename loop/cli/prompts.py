@@ -87,32 +87,27 @@ def example_variables(ws: Path | None, example_id: str | None = None) -> tuple[d
         return vars_, "built-in sample"
     try:
         if example_id:
-            row = st.conn.execute(
-                "SELECT id, question, answer, rationale_hash FROM examples WHERE id = ? OR id LIKE ? LIMIT 2",
-                (example_id, example_id + "%")).fetchall()
-            if len(row) != 1:
-                raise UserError(f"example {example_id!r} {'is ambiguous' if row else 'not found'}; "
-                                "list ids with `distillery trace` or the data you added")
-            row = row[0]
+            from store import Ambiguous, NotFound
+
+            try:
+                ex = st.get_example(st.resolve_example(example_id))
+            except (NotFound, Ambiguous) as e:
+                raise UserError(f"example {example_id!r} {'is ambiguous' if isinstance(e, Ambiguous) else 'not found'}; "
+                                "list ids with `distillery trace` or the data you added") from None
         else:
-            row = st.conn.execute(
-                "SELECT id, question, answer, rationale_hash FROM examples WHERE split = 'pool' "
-                "ORDER BY created, id LIMIT 1").fetchone()
-        if row is None:
+            ex = st.first_example("pool")
+        if ex is None:
             return vars_, "built-in sample (the pool is empty)"
-        vars_["question"] = row[1]
-        if row[2] is not None:
-            vars_["gold"] = row[2]
-        demo = st.get_text(row[3]) if row[3] else None
-        if demo:
-            vars_["previous"] = vars_["demonstration"] = demo
+        vars_["question"] = ex["question"]
+        if ex["answer"] is not None:
+            vars_["gold"] = ex["answer"]
+        if ex["rationale"]:
+            vars_["previous"] = vars_["demonstration"] = ex["rationale"]
         # The student's latest wrong answer on it, when the loop has mined one.
-        wrong = st.conn.execute(
-            "SELECT t.body FROM predictions p JOIN texts t ON t.hash = p.output_hash "
-            "WHERE p.example_id = ? AND p.correct = 0 ORDER BY p.id DESC LIMIT 1", (row[0],)).fetchone()
+        wrong = st.latest_wrong_output(ex["id"])
         if wrong:
-            vars_["student_output"] = wrong[0]
-        return vars_, f"pool example {row[0][:12]}"
+            vars_["student_output"] = wrong
+        return vars_, f"pool example {ex['id'][:12]}"
     finally:
         st.close()
 
@@ -132,9 +127,7 @@ def _versions(ws: Path | None, name: str) -> list[dict]:
     if st is None:
         return []
     try:
-        rows = st.conn.execute(
-            "SELECT id, body, created FROM prompt_versions WHERE name = ? ORDER BY created, id", (name,)).fetchall()
-        return [{"id": r[0], "body": r[1], "created": r[2]} for r in rows]
+        return st.prompt_versions(name)
     finally:
         st.close()
 

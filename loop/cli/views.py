@@ -132,10 +132,8 @@ def _iterations(st: Store, run: dict) -> list[dict]:
 
 
 def _accuracy(metrics: dict) -> Any:
-    for key in ("dev_accuracy", "dev_acc", "accuracy"):
-        if key in (metrics or {}):
-            return metrics[key]
-    return None
+    """The dev accuracy of an iteration's metrics (the orchestrator writes it as dev_acc)."""
+    return (metrics or {}).get("dev_acc")
 
 
 def _fmt(v: Any) -> str:
@@ -227,7 +225,7 @@ def register(app: typer.Typer) -> None:
             for d in its:
                 d["best"] = d["k"] == best
                 d["dataset_size"] = st.dataset_size(r["id"], d["k"])
-                d["dataset_changed"] = len(st.changed_examples(st._owner(r["id"], d["k"]), d["k"]))
+                d["dataset_changed"] = len(st.changed_examples(r["id"], d["k"]))
         if as_json:
             print_json({"run": r["name"], "iterations": its})
             return
@@ -465,23 +463,8 @@ def export_lines(st: Store, run_id: int, k: int, fmt: str, system: str | None = 
 
 def _show_doc(st: Store, run: dict, k: int) -> dict:
     it = st.get_iteration(run["id"], k)
-    owner = st._owner(run["id"], k)
-    preds: dict[str, dict] = {}
-    for phase, total, correct, wrong in st.conn.execute(
-        "SELECT phase, COUNT(*), SUM(correct = 1), SUM(correct = 0) FROM predictions"
-        " WHERE run_id = ? AND k = ? GROUP BY phase ORDER BY phase",
-        (owner, k),
-    ):
-        preds[phase] = {"total": total, "correct": correct or 0, "wrong": wrong or 0}
-    created, acc, rej = st.conn.execute(
-        "SELECT COUNT(*), SUM(accepted = 1), SUM(accepted = 0) FROM rationales WHERE run_id = ? AND k = ?",
-        (owner, k),
-    ).fetchone()
-    n, ok, err, cost = st.conn.execute(
-        "SELECT COUNT(*), SUM(status = 'ok'), SUM(status != 'ok'), COALESCE(SUM(cost_usd), 0)"
-        " FROM teacher_calls WHERE run_id = ? AND k = ?",
-        (owner, k),
-    ).fetchone()
+    owner = it["run_id"]  # the run that holds k's rows (a replay's inherited k: its parent's)
+    counts = st.iteration_counts(run["id"], k)
     teachers = st.teacher_call_stats(run["id"], k)  # per teacher: requests, cached, tokens, latency, cost
     steps = st.step_details(owner, k)
     infos = {d["step"]: d["info"] or {} for d in steps}
@@ -515,10 +498,10 @@ def _show_doc(st: Store, run: dict, k: int) -> dict:
         "finished": it["finished"], "metrics": it["metrics"], "adapter_path": it["adapter_path"],
         "adapter_sha256": it["adapter_sha256"], "stop_reason": it["stop_reason"],
         "steps": steps,
-        "dataset": {"size": st.dataset_size(run["id"], k), "changed": len(st.changed_examples(owner, k))},
-        "predictions": preds,
-        "rationales": {"created": created, "accepted": acc or 0, "rejected": rej or 0},
-        "teacher_calls": {"count": n, "ok": ok or 0, "error": err or 0, "cost_usd": float(cost),
+        "dataset": {"size": st.dataset_size(run["id"], k), "changed": len(st.changed_examples(run["id"], k))},
+        "predictions": counts["predictions"],
+        "rationales": counts["rationales"],
+        "teacher_calls": {**counts["teacher_calls"],
                           "requests": sum(t["requests"] for t in teachers.values()),
                           "cached": sum(t["cached"] for t in teachers.values()), "teachers": teachers},
     }

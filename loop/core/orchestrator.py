@@ -2,44 +2,56 @@
 version, train, evaluate, commit — resumable at the first unfinished step.
 
     o = Orchestrator(ws, cfg, store)
-    o.preflight()          # validates templates, teachers, student, data; writes nothing
-    outcome = o.execute()  # runs or resumes iterations until a stop rule fires
+    o.preflight()                 # validates templates, teachers, student, data; writes nothing
+    outcome = o.run_iterations()  # runs or resumes iterations until a stop rule fires
 
-The steps themselves live in loop/core/steps.py; this module owns what they share:
-the run row, the student in memory and which adapter it holds, the teacher
-pool, templates (re-read at every iteration, so edits are picked up and
-recorded in prompt_versions), step commits, stop requests, stop rules and the
-per-iteration summary.
+The steps themselves live in loop/core/steps/ (one module per group); each
+gets a frozen StepContext (loop/core/steps/context.py: what it reads) and
+returns a StepResult (what it writes).  This module owns the step order and
+every state change: the run row, the student (loop/core/student_handle.py)
+and which adapter it holds, the teacher pool, templates (re-read at every
+iteration, so edits are picked up and recorded in prompt_versions), step
+commits, stop requests, stop rules and the per-iteration summary.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 import threading
 import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable
 
 from rich.console import Console
 
 from teachers import redact
 
-from loop.core import steps as S
-from loop.core.faults import crash_point
 from loop.config.schema import Config
-from loop.errors import RunFailure, UserError
+from loop.core.faults import crash_point
+from loop.core.steps import STEP_ORDER
+from loop.core.steps.context import UNCHANGED, StepContext, StepFn, StepResult, TrainResult, previous_iteration, step_info
+from loop.core.steps.evaluate import evaluate
+from loop.core.steps.mine import baseline, mine
+from loop.core.steps.teach import agree, teach, verify
+from loop.core.steps.train import train
+from loop.core.steps.version import version
+from loop.core.student_handle import StudentHandle
+from loop.core.templates import TEMPLATES, TemplateSet
+from loop.core.tracking import Tracking, open_tracking
 from loop.daemon.heartbeat import Heartbeat
-from loop.daemon.preflight import check_generation, check_teachers
-from loop.report.summary import STEP_ORDER as STEPS, best_k as best_of, step_line
+from loop.daemon.preflight import check_environment, check_inputs
+from loop.errors import RunFailure, UserError
+from loop.report.summary import best_k as best_of, step_line
 from loop.terminal import SafeConsole, StepProgress
-from loop.core.tracking import Tracking, check_trackers, open_tracking
 
-TEMPLATES = ("rationale", "refine", "student", "demonstration", "verify")
+# the step of each name in STEP_ORDER (commit is the orchestrator's own)
+STEPS: dict[str, StepFn] = {"baseline": baseline, "mine": mine, "teach": teach, "verify": verify, "agree": agree,
+                            "version": version, "train": train, "evaluate": evaluate}
+assert tuple(STEPS) == STEP_ORDER[:-1]
 
 
 class StopRequested(Exception):
@@ -53,10 +65,6 @@ class Outcome:
     status: str  # done | stopped
     stop_reason: str | None
     iterations: list[int] = field(default_factory=list)  # the iterations finished by this call
-
-
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "run"
 
 
 class Orchestrator:
@@ -89,20 +97,18 @@ class Orchestrator:
         self.quiet = quiet
         self.fmt = cfg.task.answer_format
         self.templates: dict[str, Any] = {}
-        self._template_cache: dict[str, tuple] = {}
+        self._template_set = TemplateSet(self.ws)
         self.run_id: int | None = None
         self.run: dict | None = None
-        self.loaded_adapter: Any = "unloaded"
         self.show_train_progress = not quiet
         self.live = StepProgress(self.console)
-        self._student = None
-        self._init_state = None
         self._pool = None
-        self._vllm = None
         self._step_t0 = 0.0
         self._follow_base = 0  # patience and max_iterations count from here after a wake-up
-        self.tracker = Tracking()  # [track] report_to: opened by execute (loop/core/tracking.py)
+        self.tracker = Tracking()  # [track] report_to: opened by run_iterations (loop/core/tracking.py)
         self.timings: dict[str, float] = {}  # seconds by category, for bench/loop_bench.py
+        # the student in memory, which adapter it holds, the vLLM server (loop/core/student_handle.py)
+        self.model = StudentHandle(cfg, self.ws, console=self.console, quiet=quiet, timings=self.timings)
 
     # ------------------------------------------------------------------ checks
     def preflight(self) -> None:
@@ -113,20 +119,9 @@ class Orchestrator:
             raise UserError(f"no run named {self.run_name!r}; see `distillery runs`, or omit --run to use {self.cfg.run_name!r}")
         if run is not None and run.get("parent_run") is not None:
             self.set_config(self._run_config(run))
-        self.templates = self.load_templates(strict=True)
-        self._check_teachers()
-        check_generation(self.cfg)
-        check_trackers(self.cfg.track)
-        from loop.core.train_job import check_launch
-
-        check_launch(self.cfg, self.ws)
-        if self.cfg.task.kind == "jsonl":
-            for split in ("pool", "dev"):
-                if self.store.count_examples(split) == 0:
-                    raise UserError(
-                        f"task.kind = \"jsonl\" but the workspace has no {split} examples; "
-                        f"import some with `distillery data add FILE.jsonl --split {split}`"
-                    )
+        # the checks live in loop/daemon/preflight.py (`run --detach` makes the first ones too)
+        self.templates = check_inputs(self.ws, self.cfg, self.run_name, templates=self._template_set)
+        check_environment(self.ws, self.cfg, self.store)
         _ = self.student  # loading errors (unknown model, bad file) are input errors
         self._check_lengths()
 
@@ -142,7 +137,7 @@ class Orchestrator:
             pool, dev = generate_task(t.seed, t.pool_size, t.dev_size, t.difficulty, t.max_number)
         else:
             pool, dev = self.store.list_examples("pool"), self.store.list_examples("dev")
-        check_task_lengths(self, pool, dev)
+        check_task_lengths(self.cfg, self.student.tokenizer, self.templates, pool, dev)
 
     def set_config(self, cfg: Config) -> None:
         """Use `cfg` (a replayed run's own settings) instead of distillery.toml."""
@@ -151,7 +146,7 @@ class Orchestrator:
         if self._iterations_override is None:
             self.max_iterations = cfg.loop.max_iterations
         self._pool = None
-        self._vllm = None
+        self.model.configure(cfg)
 
     def _run_config(self, run: dict) -> Config:
         from pydantic import ValidationError
@@ -162,114 +157,36 @@ class Orchestrator:
             raise UserError(f"run {run['name']!r}: its stored config no longer validates ({e.errors()[0]['msg']})") from None
 
     def load_templates(self, strict: bool) -> dict[str, Any]:
-        """The four templates from the workspace (defaults otherwise), each test-
-        rendered.  strict: a broken one is a UserError; otherwise (between
-        iterations of a running daemon) the previous version is kept and the
-        problem logged, so a half-saved edit cannot kill a long run."""
-        import prompts
-        from prompts import SAMPLE_VARIABLES, TemplateError
+        """The templates from the workspace (defaults otherwise), each test-
+        rendered (loop/core/templates.py).  strict: a broken one is a
+        UserError; otherwise the previous version is kept and the problem logged."""
 
-        out = {}
-        for name in TEMPLATES:
-            try:
-                path = prompts.template_path(name, self.ws)
-                body = path.read_bytes()
-                cached = self._template_cache.get(name)
-                if cached is not None and cached[0] == (str(path), body):
-                    out[name] = cached[1]  # unchanged file: skip parsing and test-rendering
-                    continue
-                t = prompts.load_template(name, self.ws)
-                vars_ = {v: SAMPLE_VARIABLES.get(v, "x") for v in t.variables}
-                vars_.update({v: SAMPLE_VARIABLES[v] for v in t.optional if v in SAMPLE_VARIABLES})
-                t.render(**vars_)
-                out[name] = t
-                self._template_cache[name] = ((str(path), body), t)
-            except TemplateError as e:
-                if strict:
-                    raise UserError(f"template {name!r}: {e}; fix the file or check it with `distillery prompts render {name}`") from None
-                self.store.log_event(self.run_id, None, None, "warning", f"template {name!r} not reloaded: {e}")
-                self.console.print(f"[yellow]template {name!r} has an error, keeping the previous version:[/] {e}")
-                out[name] = self.templates[name]
-        return out
+        def warn(name: str, e: Exception) -> None:
+            self.store.log_event(self.run_id, None, None, "warning", f"template {name!r} not reloaded: {e}")
+            self.console.print(f"[yellow]template {name!r} has an error, keeping the previous version:[/] {e}")
 
-    def _check_teachers(self) -> None:
-        check_teachers(self.cfg)
-        judge = self.cfg.verify.teacher
-        if judge is not None:
-            t = next((t for t in self.cfg.teachers if t.name == judge), None)
-            if t is None:
-                names = ", ".join(t.name for t in self.cfg.teachers)
-                raise UserError(f"verify.teacher = {judge!r} is not the name of a [[teachers]] entry ({names}); "
-                                "add that teacher (teach = false if it should only judge) or fix the name")
-            if t.is_self:
-                raise UserError(f"verify.teacher = {judge!r} is the self teacher; the judge must be an API or local "
-                                "server teacher (a LiteLLM model string)")
+        return self._template_set.load(strict, previous=self.templates, warn=warn)
 
     # ------------------------------------------------------------------ student
     @property
     def student(self):
-        if self._student is None:
-            from student.errors import StudentError
-            from student.model import load_student
-
-            t0 = time.perf_counter()
-            if not self.quiet:
-                self.console.print(f"loading student [bold]{self.cfg.student.name}[/] ...")
-            try:
-                self._student = load_student(self.cfg.student, self.cfg.lora)
-            except StudentError as e:
-                raise UserError(f"student.name = {self.cfg.student.name!r}: {e}") from None
-            except OSError as e:  # transformers: not a local path and not in the offline hub cache
-                raise UserError(
-                    f"student.name = {self.cfg.student.name!r}: cannot load it ({str(e).splitlines()[0][:200]}); "
-                    "use \"tiny\", \"smollm2\", a local model directory or a .gguf file"
-                ) from None
-            self._init_state = {k: p.detach().clone() for k, p in self._student.adapter_params("student").items()}
-            self.loaded_adapter = None
-            self.timings["load"] = self.timings.get("load", 0.0) + time.perf_counter() - t0
-        return self._student
-
-    def use_adapter(self, adapter: str | None) -> None:
-        """Make the student's weights those of `adapter` (a workspace-relative
-        directory), or the freshly initialised adapter for None."""
-        st = self.student
-        if self.loaded_adapter == adapter:
-            return
-        import torch
-
-        if adapter is None:
-            with torch.no_grad():
-                for k, p in st.adapter_params("student").items():
-                    p.copy_(self._init_state[k])
-        else:
-            st.load_adapter(self.ws / adapter, "student")
-        self.loaded_adapter = adapter
-
-    def rel(self, path: Path | str | None) -> str | None:
-        if path is None:
-            return None
-        p = Path(path)
-        try:
-            return str(p.resolve().relative_to(self.ws.resolve()))
-        except ValueError:
-            return str(p)
-
-    def adapter_sha(self, adapter: str | Path | None) -> str:
-        if adapter is None:
-            doc = {"init": self.cfg.student.model_dump(), "lora": self.cfg.lora.model_dump()}
-            return "init-" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
-        p = self.ws / adapter / "adapter_model.safetensors"
-        return hashlib.sha256(p.read_bytes()).hexdigest()
+        """The student model in this process (loaded on first use)."""
+        return self.model.student
 
     @property
-    def vllm(self):
-        """The vLLM server of generation.backend = "vllm" (loop/core/generation.py),
-        and the adapter this process made it hold."""
-        if self._vllm is None:
-            from loop.core.generation import VLLMServer
+    def loaded_adapter(self) -> Any:
+        """The adapter the in-memory student holds (StudentHandle.loaded)."""
+        return self.model.loaded
 
-            self._vllm = VLLMServer(self.cfg, self.ws)
-        return self._vllm
+    @property
+    def cfg(self) -> Config:
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, cfg: Config) -> None:
+        self._cfg = cfg
+        if "model" in self.__dict__:  # the student loads with the settings in force when it loads
+            self.model.cfg = cfg
 
     # ------------------------------------------------------------------ teachers
     @property
@@ -280,63 +197,22 @@ class Orchestrator:
             self._pool = TeacherPool(self.cfg.teachers, self.store, self.cfg.loop.budget_usd, run_id=self.run_id)
         return self._pool
 
-    # ------------------------------------------------------------------ lookups used by the steps
-    def iter_dir(self, k: int) -> Path:
-        return self.ws / "runs" / _safe_name(self.run_name) / f"iter-{k}"
-
-    def seed(self, k: int, salt: int) -> int:
-        return (self.cfg.student.seed * 1_000_003 + k * 101 + salt) % 2**31
+    # ------------------------------------------------------------------ what the steps get
+    def step_context(self, k: int) -> StepContext:
+        """What the steps of iteration k read (loop/core/steps/context.py)."""
+        return StepContext(
+            cfg=self.cfg, store=self.store, ws=self.ws, run_name=self.run_name, run_id=self.run_id, k=k,
+            templates=MappingProxyType(dict(self.templates)), model=self.model, teachers=lambda: self.teacher_pool,
+            progress=self.progress, check_stop=self.check_stop, stop_requested=self.stop_requested,
+            timed=self.timed, tracker=self.tracker, show_train_progress=self.show_train_progress,
+        )
 
     def step_info(self, k: int, step: str) -> dict:
-        for d in self.store.step_details(self.run_id, k):
-            if d["step"] == step:
-                return d["info"] or {}
-        return {}
+        return step_info(self.store, self.run_id, k, step)
 
     def previous_iteration(self, k: int) -> dict | None:
         """Iteration k-1 of this run (inherited from the parent for a replay)."""
-        if k <= 0:
-            return None
-        try:
-            return self.store.get_iteration(self.run_id, k - 1)
-        except LookupError:
-            return None
-
-    def adapter_of(self, k: int) -> str | None:
-        info = self.step_info(k, "train")
-        if info.get("adapter"):
-            return info["adapter"]
-        it = self.store.get_iteration(self.run_id, k)
-        return it.get("adapter_path")
-
-    def adapter_before(self, k: int) -> str | None:
-        prev = self.previous_iteration(k)
-        return prev.get("adapter_path") if prev else None
-
-    def pool_examples(self, k: int) -> list[dict]:
-        pool = self.store.list_examples("pool")
-        lim = self.cfg.loop.mine_limit
-        if lim is None or lim >= len(pool):
-            return pool
-        start = (k * lim) % len(pool)  # rotate through the pool across iterations
-        return (pool + pool)[start : start + lim]
-
-    def demo_answers(self, k: int, example_ids: list[str]) -> dict[str, str | None]:
-        """Answer of each example's current demonstration: the teachers'
-        consensus, which stands in for gold on unlabelled examples."""
-        if not example_ids or k < 0:
-            return {}
-        data = self.store.dataset_for(self.run_id, k, example_ids)
-        rats = self.store.get_rationales({d[0][0] for d in data.values() if d})
-        return {e: rats[d[0][0]]["answer"] for e, d in data.items() if d and d[0][0] in rats}
-
-    def previous_dev_predictions(self, k: int) -> dict[str, bool | None]:
-        if k == 0:
-            rows = self.store.list_predictions(self.run_id, 0, "baseline")
-        else:
-            prev = self.previous_iteration(k)
-            rows = self.store.list_predictions(prev["run_id"], prev["k"], "eval") if prev else []
-        return {r["example_id"]: r["correct"] for r in rows if r["sample"] == 0}
+        return previous_iteration(self.store, self.run_id, k)
 
     def prompt_version(self, template) -> str:
         from prompts import record_prompt_version
@@ -409,7 +285,7 @@ class Orchestrator:
     def first_k(self) -> int:
         return (self.run["parent_k"] + 1) if self.run.get("parent_run") is not None else 0
 
-    def execute(self) -> Outcome:
+    def run_iterations(self) -> Outcome:
         """Run or resume iterations until a stop rule fires (or a stop request)."""
         self._open_run()
         done: list[int] = []
@@ -486,9 +362,7 @@ class Orchestrator:
             self.store.log_event(self.run_id, k, None, "templates", f"templates changed: {', '.join(changed)}",
                                  {n: self.templates[n].version for n in changed})
         status = self.store.steps(self.run_id, k)
-        funcs = {"baseline": S.baseline, "mine": S.mine, "teach": S.teach, "verify": S.verify_step, "agree": S.agree_step,
-                 "version": S.version, "train": S.train_step, "evaluate": S.evaluate}
-        for step in STEPS[:-1]:
+        for step in STEP_ORDER[:-1]:
             if step == "baseline" and k != 0:
                 continue
             if status.get(step) == "done":
@@ -498,13 +372,26 @@ class Orchestrator:
             self.hb.update(iteration=k, step=step, progress=None, force=True)
             self._step_t0 = time.perf_counter()
             try:
-                info = funcs[step](self, k)
+                info = self._run_step(k, step)
             finally:
                 self.live.close()
             self.timings[step] = self.timings.get(step, 0.0) + time.perf_counter() - self._step_t0
             if not self.quiet:
                 self.console.print(f"[dim]k={k}[/] {step:<9} {step_line(step, info)}")
         return self._commit(k)
+
+    def _run_step(self, k: int, step: str) -> dict:
+        """Run one step on a fresh context; apply what it changed (the adapter
+        in memory) and commit what it wrote; return its info."""
+        result: StepResult = STEPS[step](self.step_context(k))
+        if isinstance(result, TrainResult):
+            if result.holds is not UNCHANGED:
+                self.model.holds(result.holds)
+            if result.stopped:  # training stopped at a stop request: the safe point is here
+                self.check_stop()
+                raise StopRequested()
+        self.commit_step(k, step, result.info, result.write or (lambda: None))
+        return result.info
 
     def _commit(self, k: int) -> str | None:
         self.check_stop()
@@ -559,7 +446,7 @@ class Orchestrator:
         base = hist.get(-1)
         prev = hist.get(k - 1, base) if k > 0 else base
         acc = ev.get("dev_acc")
-        times = {s: info[s].get("seconds") for s in STEPS[:-1] if info.get(s)}
+        times = {s: info[s].get("seconds") for s in STEP_ORDER[:-1] if info.get(s)}
         rejected: dict[str, int] = {}
         for step in (verify, agree):
             for why, n in (step.get("rejected") or {}).items():

@@ -6,7 +6,7 @@ What is logged, by the orchestrator only (the one process of the loop):
   iterations + this step, so it never goes back): `train/loss` and each term
   (`train/loss_sft`, `_kd`, `_contrastive`, `_feature`), `train/lr`,
   `train/tokens_per_s`, `train/grad_norm`, ... and `train/iteration`.  Both
-  training paths report through `on_step` (loop/core/steps.py `_TrainDisplay`: in
+  training paths report through `on_step` (loop/core/steps/train.py `_TrainDisplay`: in
   this process directly, from a `[train] processes > 1` job through its
   streamed records), so both log the same;
 - per iteration, with k as the step: every number of `Orchestrator.metrics(k)`
@@ -430,7 +430,8 @@ def start(track: TrackConfig, root: Path, run_name: str, warn: Callable[[str], N
 
 
 def steps_before(o, k: int) -> int:
-    """Optimizer steps of iterations < k of o's run (a replay's inherited ones
+    """Optimizer steps of iterations < k of o's run (o: anything with .store
+    and .run_id, e.g. a StepContext; a replay's inherited ones
     included, so its axis continues its parent's): the offset of k's steps."""
     total = 0
     for kk in range(k):
@@ -443,7 +444,8 @@ def steps_before(o, k: int) -> int:
 
 
 def train_logger(o, k: int) -> Callable[[dict], None]:
-    """The per-step hook of o's trackers for iteration k's training.  Made on
+    """The per-step hook of o.tracker for iteration k's training (o: the
+    train step's StepContext).  Made on
     the main thread (it reads the store); called from any."""
     if not o.tracker.backends:
         return lambda record: None

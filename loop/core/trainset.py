@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 from loop.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loop.core.orchestrator import Orchestrator
+    from loop.core.steps.context import StepContext
 
 
-def build_train_examples(o: "Orchestrator", k: int, wrong: dict[str, str]):
-    """(TrainExamples of dataset version k, LengthStats).
+def build_train_examples(ctx: "StepContext", wrong: dict[str, str]):
+    """(TrainExamples of dataset version ctx.k, LengthStats).
 
     prompt: the `student` template.  completion: the demonstration.
     teacher contexts (K = loss.num_contexts): the `demonstration` template
@@ -46,12 +46,12 @@ def build_train_examples(o: "Orchestrator", k: int, wrong: dict[str, str]):
                                  fit_middle)
     from student.model import prompt_ids
 
-    tok, max_len = o.student.tokenizer, o.cfg.student.max_length
-    data = o.store.dataset(o.run_id, k)
-    rats = o.store.get_rationales({rid for demos in data.values() for rid, _ in demos})
-    examples = {e["id"]: e for e in o.store.list_examples("pool", state="all")}
-    st, dm, fmt = o.templates["student"], o.templates["demonstration"], o.fmt
-    K = o.cfg.loss.num_contexts
+    tok, max_len = ctx.model.student.tokenizer, ctx.cfg.student.max_length
+    data = ctx.store.dataset(ctx.run_id, ctx.k)
+    rats = ctx.store.get_rationales({rid for demos in data.values() for rid, _ in demos})
+    examples = {e["id"]: e for e in ctx.store.list_examples("pool", state="all")}
+    st, dm, fmt = ctx.templates["student"], ctx.templates["demonstration"], ctx.fmt
+    K = ctx.cfg.loss.num_contexts
     stats = LengthStats()
     ids = sorted(data)
     out = []
@@ -117,25 +117,26 @@ def build_train_examples(o: "Orchestrator", k: int, wrong: dict[str, str]):
     return out, stats
 
 
-def _remove_hint(o: "Orchestrator", example_id: str | None) -> str:
+def _remove_hint(cfg, example_id: str | None) -> str:
     """For imported data: the one long example can also be taken out."""
-    if o.cfg.task.kind != "jsonl" or example_id is None:
+    if cfg.task.kind != "jsonl" or example_id is None:
         return ""
     return f", or take that example out with `distillery data remove {example_id}`"
 
 
-def check_task_lengths(o: "Orchestrator", pool: list[dict], dev: list[dict]) -> None:
+def check_task_lengths(cfg, tok, templates, pool: list[dict], dev: list[dict]) -> None:
     """Preflight: every pool example's gold row must fit `student.max_length`
     (its student prompt and its demonstration context, each next to the gold
     rationale as y), and every question must leave room for
     `generation.max_new_tokens` when the student answers it.  A config that
-    fails is an error that says which key to raise and to what."""
+    fails is an error that says which key to raise and to what.  `tok` is the
+    student's tokenizer, `templates` the run's templates."""
     from student.lengths import completion_ids
     from student.model import prompt_ids
 
-    tok, max_len = o.student.tokenizer, o.cfg.student.max_length
-    st, dm, fmt = o.templates["student"], o.templates["demonstration"], o.fmt
-    gen = o.cfg.generation.max_new_tokens
+    max_len = cfg.student.max_length
+    st, dm, fmt = templates["student"], templates["demonstration"], cfg.task.answer_format
+    gen = cfg.generation.max_new_tokens
     need_row, need_gen, worst_row, worst_gen = 0, 0, None, None
     row_id = gen_id = None
     for split, rows in (("pool", pool), ("dev", dev)):
@@ -156,11 +157,11 @@ def check_task_lengths(o: "Orchestrator", pool: list[dict], dev: list[dict]) -> 
             f"{worst_row!r} "
             f"(its demonstration context next to its whole completion) needs {need_row} tokens, and rows are "
             f"never cut; raise student.max_length to at least {need_row} in distillery.toml"
-            + _remove_hint(o, row_id)
+            + _remove_hint(cfg, row_id)
         )
     if need_gen > max_len:
         raise UserError(
             f"student.max_length = {max_len} is too short: the prompt of question {worst_gen!r} plus "
             f"generation.max_new_tokens = {gen} needs {need_gen} tokens; raise student.max_length to at least "
-            f"{need_gen} (or lower generation.max_new_tokens)" + _remove_hint(o, gen_id)
+            f"{need_gen} (or lower generation.max_new_tokens)" + _remove_hint(cfg, gen_id)
         )

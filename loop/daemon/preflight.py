@@ -1,63 +1,72 @@
-"""Input checks that run before a loop writes anything (exit 2 with the fix)."""
+"""Input checks that run before a loop writes anything (exit 2 with the fix).
+
+The one place of them: `check_inputs` (no model, no store: what `distillery
+run --detach` checks before it starts the background process) and
+`check_environment` (the generation server, trackers, training launcher, the
+task's data), both called by Orchestrator.preflight, which adds the student
+and the length rule (loop/core/trainset.py: check_task_lengths).
+"""
 
 from __future__ import annotations
 
 import os
-import socket
-from urllib.parse import urlsplit
+from pathlib import Path
 
+from loop.core.templates import TemplateSet
 from loop.errors import UserError
 
 
 def check_teachers(cfg) -> None:
-    """Teacher settings that can be checked without a call: unique names, a
-    model string LiteLLM knows, the API key variable set, api_base reachable
-    (a TCP connect, which costs nothing and is not a teacher request)."""
-    names = [t.name for t in cfg.teachers]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise UserError(f"teachers: the name {sorted(dup)[0]!r} is used twice in distillery.toml; names must be unique")
-    if not cfg.teachers:
-        raise UserError("no [[teachers]] in distillery.toml; add one (model = \"self\" needs no API)")
-    for t in cfg.teachers:
-        if t.is_self:
-            continue
-        ends = t.endpoints()  # the teacher itself, or each of its [[teachers.deployments]]
-        where = (lambda i: f"teacher {t.name!r}") if not t.deployments else (lambda i: f"teacher {t.name!r} deployments[{i}]")
-        for i, d in enumerate(ends):
-            try:
-                import litellm
+    """The teacher settings that can be checked without a call
+    (teachers/checks.py: settings_problem), as a UserError."""
+    from teachers.checks import settings_problem
 
-                litellm.get_llm_provider(d.model, api_base=d.api_base)
-            except Exception as e:  # litellm raises a BadRequestError for an unknown provider
+    why = settings_problem(cfg.teachers)
+    if why is not None:
+        raise UserError(why)
+
+
+def check_judge(cfg) -> None:
+    """verify.teacher names an API or local server teacher of [[teachers]]."""
+    judge = cfg.verify.teacher
+    if judge is None:
+        return
+    t = next((t for t in cfg.teachers if t.name == judge), None)
+    if t is None:
+        names = ", ".join(t.name for t in cfg.teachers)
+        raise UserError(f"verify.teacher = {judge!r} is not the name of a [[teachers]] entry ({names}); "
+                        "add that teacher (teach = false if it should only judge) or fix the name")
+    if t.is_self:
+        raise UserError(f"verify.teacher = {judge!r} is the self teacher; the judge must be an API or local "
+                        "server teacher (a LiteLLM model string)")
+
+
+def check_inputs(ws: Path, cfg, run_name: str | None = None, *, templates: TemplateSet | None = None) -> dict:
+    """The checks that need no model and no store: the templates (each
+    test-rendered), the teachers and the judge.  Returns the templates.
+    Raises UserError."""
+    loaded = (templates or TemplateSet(ws)).load(strict=True)
+    check_teachers(cfg)
+    check_judge(cfg)
+    return loaded
+
+
+def check_environment(ws: Path, cfg, store) -> None:
+    """The checks that need the store but no model: the vLLM server, the
+    trackers, the training launcher, and imported data for task.kind = "jsonl"."""
+    from loop.core.tracking import check_trackers
+    from loop.core.train_job import check_launch
+
+    check_generation(cfg)
+    check_trackers(cfg.track)
+    check_launch(cfg, ws)
+    if cfg.task.kind == "jsonl":
+        for split in ("pool", "dev"):
+            if store.count_examples(split) == 0:
                 raise UserError(
-                    f"{where(i)}: unknown model {d.model!r} ({str(e).splitlines()[0][:160]}); use a LiteLLM "
-                    "model string such as \"openai/gpt-4o-mini\", \"anthropic/claude-3-5-haiku-latest\", "
-                    "or \"openai/<name>\" with api_base for a local OpenAI-compatible server"
-                ) from None
-            if d.api_key_env and not os.environ.get(d.api_key_env):
-                raise UserError(f"{where(i)}: environment variable {d.api_key_env} is not set; export it "
-                                "(api_key_env names it)")
-        # one deployment down is the Router's to route around (cooldowns); all down, or the
-        # teacher's only server down, is a run that cannot start
-        bases = [(i, d.api_base) for i, d in enumerate(ends) if d.api_base]
-        failures = [(i, base, _unreachable(base)) for i, base in bases]
-        failures = [f for f in failures if f[2] is not None]
-        if bases and len(failures) == len(bases):
-            i, base, err = failures[0]
-            raise UserError(f"{where(i)}: cannot reach api_base {base} ({err}); "
-                            "start the server, or fix api_base in distillery.toml")
-
-
-def _unreachable(api_base: str) -> str | None:
-    """Why a TCP connect to api_base fails (None when it connects): costs nothing, asks nothing."""
-    u = urlsplit(api_base)
-    host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=3).close()
-    except OSError as e:
-        return str(e.strerror or e)
-    return None
+                    f"task.kind = \"jsonl\" but the workspace has no {split} examples; "
+                    f"import some with `distillery data add FILE.jsonl --split {split}`"
+                )
 
 
 def check_generation(cfg) -> None:
@@ -68,7 +77,7 @@ def check_generation(cfg) -> None:
         return
     from student.vllm_client import VLLMClient, VLLMError
 
-    from loop.core.generation import api_key, base_model, server_command
+    from loop.core.vllm_server import api_key, base_model, server_command
 
     g = cfg.generation
     start = f"start the server with `{server_command(cfg)}`"

@@ -5,7 +5,7 @@ file, a heartbeat, clean stops, background runs.
   whole run, plus run.pid saying who holds it (pid, since, run).  The kernel
   drops the lock when the process dies, even by SIGKILL, so a crashed run
   never leaves a stale lock behind: the next `run` simply takes it.
-- `run_loop`: lock → preflight → heartbeat → Orchestrator.execute, with
+- `run_loop`: lock → preflight → heartbeat → Orchestrator.run_iterations, with
   SIGTERM/SIGINT turned into a stop request that the orchestrator honours at
   the next safe point (between steps, between generation chunks, at the
   trainer's next optimizer step, which writes a checkpoint).
@@ -29,6 +29,7 @@ from pathlib import Path
 from rich.console import Console
 
 from loop.errors import UserError
+from loop.daemon.preflight import check_inputs  # the checks that need no model: templates, teachers
 from loop.daemon.heartbeat import Heartbeat, read_json, state_dir, utcnow, write_json_atomic
 from loop.terminal import SafeConsole
 
@@ -133,15 +134,6 @@ def restore_handlers(previous: dict) -> None:
         signal.signal(s, h)
 
 
-def check_inputs(ws: Path, cfg, run_name: str | None = None):
-    """The checks that need no model: templates, teachers.  Raises UserError."""
-    from loop.core.orchestrator import Orchestrator
-
-    o = Orchestrator(ws, cfg, None, run_name=run_name, quiet=True)
-    o.templates = o.load_templates(strict=True)
-    o._check_teachers()
-
-
 def run_loop(
     ws: Path,
     cfg,
@@ -174,7 +166,7 @@ def run_loop(
         hb = Heartbeat(ws).start()
         o.hb = hb
         hb.update(run=o.run_name, state="running", force=True)
-        outcome = o.execute()
+        outcome = o.run_iterations()
         return outcome, o
     finally:
         restore_handlers(previous)

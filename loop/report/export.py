@@ -86,7 +86,7 @@ def source_of(st, ws: Path, run: dict, k: int) -> ExportSource:
         adapter_dir=ws / it["adapter_path"], adapter_sha256=it["adapter_sha256"],
         run=run["name"], k=k, best=best_k(its) == k,
         dataset_size=st.dataset_size(run["id"], k),
-        dataset_changed=len(st.changed_examples(st._owner(run["id"], k), k)),
+        dataset_changed=len(st.changed_examples(run["id"], k)),
         baseline_dev_acc=m.get("baseline_dev_acc"),
         iterations=[{"k": d["k"], "dev_acc": d["metrics"].get("dev_acc"), "pool_acc": d["metrics"].get("pool_acc"),
                      "train_steps": d["metrics"].get("train_steps")} for d in its],

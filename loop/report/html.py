@@ -40,7 +40,7 @@ nav a{margin-right:12px}.tag{display:inline-block;padding:1px 6px;border-radius:
 
 # one colour per iteration in the loss panels (cycled past ten)
 _ITER_COLORS = ("#1f6feb", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#0b7285", "#5c940d", "#d6336c", "#495057", "#f59f00")
-_TERMS = ("total", "sft", "kd", "contrastive", "feature")  # the train step's history keys (loop/core/steps.py)
+_TERMS = ("total", "sft", "kd", "contrastive", "feature")  # the train step's history keys (loop/core/steps/train.py)
 _MAX_TEXT = 1500  # characters of one output or rationale shown in a drill-down
 
 

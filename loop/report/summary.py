@@ -10,8 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-
-STEP_ORDER = ("baseline", "mine", "teach", "verify", "agree", "version", "train", "evaluate", "commit")
+from loop.core.steps import STEP_ORDER  # the order the orchestrator runs the steps in
 
 
 def _ordered(times: dict) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -170,6 +171,118 @@ def popen(*args, env_extra=None, **kw) -> subprocess.Popen:
     e.update(env_extra or {})
     return subprocess.Popen([sys.executable, "-m", "loop", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=e, cwd=str(ROOT), **kw)
+
+
+# --------------------------------------------------------------------------- forked CLI processes
+# `python -m loop` spends seconds importing torch, transformers and LiteLLM
+# before it does anything.  Tests that need many real processes (to SIGKILL or
+# SIGTERM them) fork them instead from a multiprocessing fork server that
+# imported those modules once (`start_forkserver`): each child is a fresh,
+# separate process running the same entry point, `loop.cli.main.main(argv)`,
+# with helpers' env(); it starts in milliseconds.  The server is a clean
+# interpreter (no threads, no sockets, no model loaded), so a child shares no
+# state with the test process or with other children.
+
+FORK_PRELOAD = ("tests.loop.helpers", "loop.cli.main", "loop.core.orchestrator", "loop.core.steps",
+                "loop.core.train_job", "loop.daemon.service", "student.model", "teachers.pool",
+                "litellm", "transformers", "peft")
+
+
+def start_forkserver() -> None:
+    """Start the fork server (idempotent); it imports FORK_PRELOAD in the
+    background, so call it early.  Its environment is env(), read at import
+    time by torch (threads) and the libraries (offline mode)."""
+    import multiprocessing
+    import multiprocessing.forkserver as fs
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(FORK_PRELOAD))
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env())
+        fs.ensure_running()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def stop_forkserver() -> None:
+    """Stop the fork server now (it would exit with the test process anyway).
+    SIGKILL, by its pid: a clean exit spends seconds unloading torch."""
+    import multiprocessing.forkserver as fs
+
+    server = fs._forkserver  # private, but stable since 3.4 (_stop since 3.8)
+    if getattr(server, "_forkserver_pid", None) is None or not hasattr(server, "_stop"):
+        return
+    try:
+        os.kill(server._forkserver_pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server._stop()
+
+
+def _forked_main(argv: list[str], env_extra: dict, log: str) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.environ.update(env_extra)
+    os.chdir(ROOT)
+    sys.argv = [sys.executable, "-m", "loop", *argv]
+    from loop.cli.main import main
+
+    try:
+        rc = main(argv)
+    finally:
+        import atexit
+
+        atexit._run_exitfuncs()  # as the interpreter's exit would (multiprocessing's does not)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    raise SystemExit(rc)
+
+
+class Forked:
+    """`distillery ARGS` in a forked process (see start_forkserver), with the
+    part of subprocess.Popen's interface the tests use: pid, poll, wait,
+    send_signal, kill, returncode (-N when killed by signal N), communicate
+    (stdout and stderr together, as popen gives them)."""
+
+    def __init__(self, *args: str, env_extra: dict | None = None, log: Path) -> None:
+        import multiprocessing
+
+        self.log = Path(log)
+        self.log.write_text("")
+        ctx = multiprocessing.get_context("forkserver")
+        self._p = ctx.Process(target=_forked_main, args=(list(args), dict(env_extra or {}), str(self.log)))
+        self._p.start()
+        self.pid = self._p.pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not self._p.is_alive():
+            self.returncode = self._p.exitcode
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._p.join(timeout)
+        if self.poll() is None:
+            raise subprocess.TimeoutExpired(["distillery", "(forked)"], timeout)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, None]:
+        self.wait(timeout)
+        return self.output(), None
 
 
 def run_inprocess(ws: Path, command: str, *args) -> int:

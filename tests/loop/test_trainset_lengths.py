@@ -37,7 +37,7 @@ def test_tiny_preset_rows_keep_their_whole_completion_and_demonstration(tmp_path
         assert info["examples"] == cfg.task.pool_size and info["steps"] == cfg.train.max_steps
         assert info["length"]["dropped_rows"] == 0 and info["length"]["truncated_contexts"] == 0
 
-        examples, stats = build_train_examples(o, 0, {})
+        examples, stats = build_train_examples(o.step_context(0), {})
         assert len(examples) == cfg.task.pool_size and stats.dropped_rows == 0 and stats.truncated_contexts == 0
         tok = o.student.tokenizer
         for ex in examples:
@@ -60,7 +60,7 @@ def test_a_long_demonstration_is_shortened_in_its_middle_and_counted(tmp_path):
             "student": cfg.student.model_copy(update={"max_length": 360}),
             "loss": cfg.loss.model_copy(update={"num_contexts": 2}),
         })
-        examples, stats = build_train_examples(o, 0, {})
+        examples, stats = build_train_examples(o.step_context(0), {})
         assert stats.truncated_contexts > 0 and stats.dropped_rows == 0
         tok = o.student.tokenizer
         shortened = 0

@@ -178,7 +178,7 @@ def test_the_server_not_this_process_says_what_is_loaded(tmp_path, teacher_serve
     a leftover adapter of this workspace is unloaded at the first use, a name
     the server already holds (same weights) is not loaded again, a server that
     lost the adapter (restarted) gets it again and the chunk is retried."""
-    from loop.core import steps as S
+    from loop.core.steps.common import answer_questions
 
     with FakeVLLMServer(base="tiny") as srv:
         ws = vllm_workspace(tmp_path / "ws", teacher_server.base_url, srv.url)
@@ -189,22 +189,22 @@ def test_the_server_not_this_process_says_what_is_loaded(tmp_path, teacher_serve
         o.templates = o.load_templates(strict=True)
         examples = [{"question": f"What is {i} + 1?"} for i in range(3)]
 
-        out = S.answer_questions(o, "evaluate", examples, a1, seed=5)
+        out = answer_questions(o.step_context(0), "evaluate", examples, a1, seed=5)
         assert [len(x) for x in out] == [1, 1, 1] and out[0][0].startswith(n1 + "|")
         assert srv.unloads == [n0] and srv.loads == [n1]  # the other workspace's adapter is left alone
         assert set(srv.adapters) == {"other-workspace", n1}
 
         srv.adapters.pop(n1)  # the server restarted
-        out = S.answer_questions(o, "evaluate", examples, a1, seed=5)
+        out = answer_questions(o.step_context(0), "evaluate", examples, a1, seed=5)
         assert out[0][0].startswith(n1 + "|") and srv.loads == [n1, n1]
 
         fresh = Orchestrator(ws, o.cfg, None, quiet=True)  # a new process: the name is held, same weights
         fresh.templates = o.templates
-        S.answer_questions(fresh, "mine", examples, a1, n_samples=2, seed=7)
+        answer_questions(fresh.step_context(0), "mine", examples, a1, n_samples=2, seed=7)
         assert srv.loads == [n1, n1]
-        S.answer_questions(fresh, "baseline", examples, None)
+        answer_questions(fresh.step_context(0), "baseline", examples, None)
         assert srv.unloads == [n0, n1] and srv.chats()[-1]["model"] == "tiny"
-        assert o._student is None and fresh._student is None  # generating loaded no model here
+        assert not o.model.in_memory and not fresh.model.in_memory  # generating loaded no model here
         sampled = [b for b in srv.chats() if b["temperature"] > 0]
         assert sorted(b["seed"] for b in sampled) == [7, 8, 9] and all(b["n"] == 2 for b in sampled)
 

@@ -69,6 +69,23 @@ def test_list_show_render(ws, capsys):
     assert code == 2 and "unknown variable 'qestion'" in err and "Traceback" not in err
 
 
+def test_render_with_an_example_by_id_prefix(ws, capsys):
+    """--example takes an id prefix; the student's latest wrong output on it fills student_output."""
+    with Store.open(ws) as st:
+        st.add_examples([{"id": "abc123", "question": "Ann has 2 pens. How many pens?", "answer": "2"}], "pool")
+        run = st.create_run("main", {})
+        st.record_predictions(run, 0, "mine", [{"example_id": "abc123", "output": "I think 5", "answer": "5",
+                                                "correct": False}])
+    code, out, err = cli(capsys, "prompts", "render", "refine", "-w", str(ws), "--example", "abc", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["source"] == "pool example abc123"
+    text = doc["messages"][-1]["content"]
+    assert "Ann has 2 pens" in text and "I think 5" in text and "the correct final answer is 2" in text
+    code, _, err = cli(capsys, "prompts", "render", "refine", "-w", str(ws), "--example", "zzz")
+    assert code == 2 and "example 'zzz' not found" in err and "Traceback" not in err
+
+
 def test_edit_valid_change_is_saved_diffed_and_versioned(ws, capsys, monkeypatch):
     edit(monkeypatch, "Think step by step", "Reason carefully")
     code, out, err = cli(capsys, "prompts", "edit", "student", "-w", str(ws))

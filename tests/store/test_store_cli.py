@@ -37,10 +37,10 @@ def hist(ws):
         run = st.create_run("main", {"preset": "tiny"})
         r = {n: st.add_rationale(f"ex-{n}", f"{n} v0", "0", "self", run_id=run, k=0) for n in "abc"}
         st.begin_step(run, 0, "baseline")
-        st.finish_step(run, 0, "baseline", {"dev_accuracy": 0.0})
+        st.finish_step(run, 0, "baseline", {"dev_acc": 0.0})
         st.write_dataset_version(run, 0, {f"ex-{n}": [(rid, 1.0)] for n, rid in r.items()})
         st.record_predictions(run, 0, "eval", [{"example_id": "ex-a", "output": "9", "answer": "9", "correct": False}])
-        st.finish_iteration(run, 0, {"dev_accuracy": 0.0}, "adapters/0", "0" * 64)
+        st.finish_iteration(run, 0, {"dev_acc": 0.0}, "adapters/0", "0" * 64)
         [pa] = st.record_predictions(run, 1, "mine", [{"example_id": "ex-a", "output": "9", "answer": "9", "correct": False}])
         st.record_teacher_call("key-1", teacher="gpt", model="openai/gpt-4o-mini", status="ok", text="a v1", run_id=run, k=1, cost_usd=0.5)
         a1 = st.add_rationale("ex-a", "a v1", "0", "gpt", teacher_call="key-1", parent_id=r["a"], error_prediction=pa, run_id=run, k=1)
@@ -49,7 +49,7 @@ def hist(ws):
         d1 = st.add_rationale("ex-d", "d v1", "3", "self", run_id=run, k=1)
         st.write_dataset_version(run, 1, {"ex-a": [(a1, 1.0)], "ex-b": [(r["b"], 1.0), (b1, 0.5)], "ex-c": None, "ex-d": [(d1, 1.0)]})
         st.record_predictions(run, 1, "eval", [{"example_id": "ex-a", "output": "0", "answer": "0", "correct": True}])
-        st.finish_iteration(run, 1, {"dev_accuracy": 1.0}, "adapters/1", "1" * 64, stop_reason="no errors left")
+        st.finish_iteration(run, 1, {"dev_acc": 1.0}, "adapters/1", "1" * 64, stop_reason="no errors left")
         st.branch_run(run, 0, "alt", {"preset": "tiny"})
         return dict(run=run, a1=a1, a0=r["a"], b1=b1, d1=d1)
 
@@ -178,6 +178,16 @@ def test_runs_and_iterations(hist, capsys):
         assert code == 0 and "main" in out and not err
 
 
+def test_dev_accuracy_is_the_metric_the_loop_writes():
+    """runs/iterations show metrics["dev_acc"] (loop/core/orchestrator.py
+    metrics), not a look-alike key the loop never writes."""
+    from loop.cli.views import _accuracy
+
+    assert _accuracy({"dev_acc": 0.5, "dev_accuracy": 0.9, "accuracy": 0.8}) == 0.5
+    assert _accuracy({"dev_accuracy": 0.9, "accuracy": 0.8}) is None
+    assert _accuracy({}) is None and _accuracy(None) is None
+
+
 def test_show(hist, capsys):
     code, out, err = run_cli(capsys, "show", "main:1", "--json")
     assert code == 0, err
@@ -188,11 +198,11 @@ def test_show(hist, capsys):
     assert doc["rationales"] == {"created": 3, "accepted": 1, "rejected": 0}
     assert doc["teacher_calls"]["count"] == 1 and doc["teacher_calls"]["cost_usd"] == 0.5
     code, out, _ = run_cli(capsys, "show", "0", "--json")
-    assert json.loads(out)["steps"][0]["info"] == {"dev_accuracy": 0.0}
+    assert json.loads(out)["steps"][0]["info"] == {"dev_acc": 0.0}
     code, out, _ = run_cli(capsys, "show", "alt:0", "--json")
     assert json.loads(out)["inherited_from"] == "main"
     code, out, _ = run_cli(capsys, "show", "1")
-    assert code == 0 and "dev_accuracy" in out
+    assert code == 0 and "dev_acc" in out
 
 
 def test_diff(hist, capsys):
@@ -201,7 +211,7 @@ def test_diff(hist, capsys):
     d = json.loads(out)
     assert d["dataset"]["added"] == ["ex-d"] and d["dataset"]["removed"] == ["ex-c"]
     assert [c["example_id"] for c in d["dataset"]["changed"]] == ["ex-a", "ex-b"]
-    assert d["became_correct"] == ["ex-a"] and d["metrics"]["delta"] == {"dev_accuracy": 1.0}
+    assert d["became_correct"] == ["ex-a"] and d["metrics"]["delta"] == {"dev_acc": 1.0}
     code, out, _ = run_cli(capsys, "diff", "alt:0", "main:1")
     assert code == 0 and "a v1" in out and "became correct: 1" in out
 

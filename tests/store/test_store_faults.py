@@ -252,10 +252,7 @@ def test_unwritable_folder_opens_read_only(db):
 
 
 def test_read_only_database_needing_a_migration_is_refused(db, monkeypatch):
-    def m900_extra(conn):
-        conn.executescript("CREATE TABLE extra (x INTEGER);")
-
-    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS + [("m900_extra", m900_extra)])
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS + [("m900_extra", "CREATE TABLE extra (x INTEGER);")])
     before = fingerprint(db)
     with pytest.raises(ReadOnlyDatabase) as e:
         Store.open(db, readonly=True)

@@ -134,7 +134,7 @@ def test_teacher_call_cache(store):
     assert c["request"] == {"messages": [{"role": "user", "content": "hi"}]}
     store.record_teacher_call(
         "k1", teacher="gpt", model="openai/gpt-4o-mini", status="ok", text="The answer is 4.",
-        response={"id": "r1"}, cost_usd=0.002, prompt_tokens=10, completion_tokens=5, latency_s=0.3,
+        response={"id": "r1"}, cost_usd=0.002, prompt_tokens=10, completion_tokens=5, latency_s=0.3, run_id=1, k=0,
     )
     c = store.get_teacher_call("k1")
     assert c["status"] == "ok" and c["text"] == "The answer is 4." and c["attempts"] == 4

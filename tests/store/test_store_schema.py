@@ -72,8 +72,7 @@ def test_migrations_idempotent(tmp_path):
     assert st.conn.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0] == len(schema.MIGRATIONS)
 
 
-def _bad(conn):
-    conn.executescript("CREATE TABLE half_done (x INTEGER);\nINSERT INTO no_such_table VALUES (1);\n")
+_bad = "CREATE TABLE half_done (x INTEGER);\nINSERT INTO no_such_table VALUES (1);\n"
 
 
 def test_failing_migration_on_blank_file_leaves_nothing(tmp_path, monkeypatch):
@@ -101,10 +100,7 @@ def test_failing_migration_keeps_previous_schema(tmp_path, monkeypatch):
 def test_new_migration_applies_once(tmp_path, monkeypatch):
     Store.open(tmp_path / "d.db").close()
 
-    def m900_extra(conn):
-        conn.executescript("CREATE TABLE extra (x INTEGER);")
-
-    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS + [("m900_extra", m900_extra)])
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS + [("m900_extra", "CREATE TABLE extra (x INTEGER);")])
     st = Store.open(tmp_path / "d.db")
     assert "extra" in tables(st.conn)
     assert schema.apply_migrations(st.conn) == []
