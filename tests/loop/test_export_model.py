@@ -201,15 +201,22 @@ def test_smollm2_exports_load_back_with_the_students_logits(tmp_path):
     assert "`smollm2`" in (peft_dir / "README.md").read_text()
 
 
-def test_the_base_is_named_when_transformers_loads_it_by_name(tmp_path):
+def test_the_base_is_named_when_transformers_loads_it_by_name(tmp_path, monkeypatch):
+    import loop.report.export as export
     from loop.report.export import ExportSource, base_name, model_card
     from student.config import LoraConfig, ModelConfig
 
-    hub = ModelConfig(name="example-org/student-1b")  # only named, never loaded: a hub id the card must cite
-    assert base_name(hub) == hub.name
-    assert base_name(ModelConfig(name=str(tmp_path))) == str(tmp_path.resolve())  # a local model directory
-    for name, gguf in (("tiny", None), ("smollm2", None), ("/models/q.gguf", None), ("org/repo-GGUF", "q4.gguf")):
+    local = tmp_path / "student-1b"  # a local model directory: only named, never loaded
+    local.mkdir()
+    assert base_name(ModelConfig(name=str(local))) == str(local.resolve())
+    for name, gguf in (("tiny", None), ("smollm2", None), ("/models/q.gguf", None), (str(local), "q4.gguf")):
         assert base_name(ModelConfig(name=name, gguf_file=gguf)) is None  # dequantized or built in code: written out
-    card = model_card(ExportSource(model=hub, lora=LoraConfig(), adapter_dir=tmp_path), "peft", tmp_path / "out")
-    assert "\nbase_model: example-org/student-1b\n" in card
-    assert "from_pretrained('example-org/student-1b')" in card and "base/" not in card
+    src = ExportSource(model=ModelConfig(name=str(local)), lora=LoraConfig(), adapter_dir=tmp_path)
+    card = model_card(src, "peft", tmp_path / "out")
+    assert f"from_pretrained({str(local.resolve())!r})" in card and "base/" not in card
+    assert "\nbase_model:" not in card  # the model card field takes hub ids, not local paths
+    # a base transformers loads by a hub name is cited in the front matter (no hub is reached here,
+    # so the name comes from base_name)
+    monkeypatch.setattr(export, "base_name", lambda model: "student-1b")
+    card = model_card(src, "peft", tmp_path / "out")
+    assert "\nbase_model: student-1b\n" in card and "from_pretrained('student-1b')" in card
